@@ -1,0 +1,67 @@
+"""Conventions shared by every package: label keys on ``Atoms`` and content hashes.
+
+Labelled structures carry their reference data under ``REF_`` keys so they never
+mix with a calculator's results when written to / read from extxyz:
+
+- ``atoms.info["REF_energy"]``   total energy, eV
+- ``atoms.arrays["REF_forces"]`` forces, eV/Å, shape (N, 3)
+- ``atoms.info["REF_stress"]``   stress, eV/Å³, Voigt order (xx, yy, zz, yz, xz, xy),
+  ASE sign convention (positive = tensile)
+- ``atoms.info["REF_d3"]``       True when the label already contains D3(BJ) dispersion
+- ``atoms.info["REF_labeller"]`` name of the code that made the label
+
+A structure's identity is :func:`structure_hash`; a label's identity is
+:func:`label_key` (structure + labeller settings), so a structure is never labelled
+twice with the same settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Mapping
+
+import numpy as np
+
+REF_ENERGY = "REF_energy"
+REF_FORCES = "REF_forces"
+REF_STRESS = "REF_stress"
+REF_D3 = "REF_d3"
+REF_LABELLER = "REF_labeller"
+
+# Positions and cells are rounded to this many decimals (Å) before hashing, so a
+# round trip through extxyz (which prints ~8 significant digits) keeps the hash.
+HASH_DECIMALS = 5
+
+
+def _round(x: np.ndarray) -> np.ndarray:
+    # +0.0 folds -0.0 into 0.0, which would otherwise hash differently.
+    return np.round(np.asarray(x, dtype=float), HASH_DECIMALS) + 0.0
+
+
+def structure_hash(atoms) -> str:
+    """Content hash of a structure: species, positions, cell and periodicity.
+
+    Independent of ``info``/``arrays`` metadata and of any calculator.
+    """
+    h = hashlib.sha256()
+    h.update(np.asarray(atoms.numbers, dtype=np.int64).tobytes())
+    h.update(_round(atoms.positions).tobytes())
+    h.update(_round(atoms.cell.array).tobytes())
+    h.update(np.asarray(atoms.pbc, dtype=np.int8).tobytes())
+    return h.hexdigest()[:24]
+
+
+def settings_hash(settings: Mapping[str, Any]) -> str:
+    """Stable hash of a JSON-serialisable settings mapping."""
+    blob = json.dumps(settings, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def label_key(atoms, labeller: str, settings: Mapping[str, Any]) -> str:
+    """Identity of one label: structure hash + labeller name + settings hash."""
+    return f"{structure_hash(atoms)}-{labeller}-{settings_hash(settings)}"
+
+
+def has_label(atoms) -> bool:
+    return REF_ENERGY in atoms.info and REF_FORCES in atoms.arrays

@@ -1,0 +1,25 @@
+"""Exceptions shared across moire-al.
+
+Every error a user can cause by bad input derives from :class:`MoireALError` so the
+CLI can print one clear line instead of a traceback.
+"""
+
+
+class MoireALError(Exception):
+    """Base class: an error with a message meant for the user."""
+
+
+class StructureError(MoireALError, ValueError):
+    """A structure is unusable (no cell, overlapping atoms, unknown species, NaN)."""
+
+
+class LabelError(MoireALError):
+    """A label could not be produced or is invalid (e.g. NaN forces)."""
+
+
+class ModelError(MoireALError, ValueError):
+    """A model cannot be fitted or applied to the given data."""
+
+
+class DatabaseError(MoireALError):
+    """The job database cannot be started, reached or used."""
