@@ -1,0 +1,70 @@
+"""Where moire-al keeps its data and how it reaches the job database.
+
+Resolution order for the database URI:
+
+1. ``MOIRE_AL_DB_URI`` (e.g. a production ``mongod`` or MongoDB Atlas),
+2. the local server started by ``moire-al db start`` (its ``server.json``),
+3. ``mongodb://127.0.0.1:27117/?directConnection=true``.
+
+The database name is ``MOIRE_AL_DB_NAME`` (default ``moire_al``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+DEFAULT_PORT = 27117
+DEFAULT_DB_NAME = "moire_al"
+
+
+def data_dir() -> Path:
+    """Root of moire-al's local state (database files, coupling cache, reports)."""
+    return Path(os.environ.get("MOIRE_AL_DATA", Path.home() / ".moire-al")).expanduser()
+
+
+def db_dir() -> Path:
+    return Path(os.environ.get("MOIRE_AL_DB_PATH", data_dir() / "db")).expanduser()
+
+
+def db_name() -> str:
+    return os.environ.get("MOIRE_AL_DB_NAME", DEFAULT_DB_NAME)
+
+
+def local_uri(port: int, host: str = "127.0.0.1") -> str:
+    return f"mongodb://{host}:{port}/?directConnection=true"
+
+
+def db_uri() -> str:
+    uri = os.environ.get("MOIRE_AL_DB_URI")
+    if uri:
+        return uri
+    info = db_dir() / "server.json"
+    if info.exists():
+        try:
+            return json.loads(info.read_text())["uri"]
+        except (ValueError, KeyError):
+            pass
+    return local_uri(DEFAULT_PORT)
+
+
+def launchpad_dict(uri: str | None = None, name: str | None = None) -> dict:
+    """The LaunchPad settings (``launchpad.yaml`` content) for a URI."""
+    return {
+        "host": uri or db_uri(),
+        "name": name or db_name(),
+        "uri_mode": True,
+        "logdir": None,
+        "strm_lvl": "WARNING",
+        "mongoclient_kwargs": {"serverSelectionTimeoutMS": 10000},
+    }
+
+
+def get_launchpad(launchpad_file: str | os.PathLike | None = None):
+    """A FireWorks LaunchPad from a launchpad file, else from :func:`db_uri`."""
+    from fireworks import LaunchPad
+
+    if launchpad_file:
+        return LaunchPad.from_file(str(launchpad_file))
+    return LaunchPad.from_dict(launchpad_dict())
