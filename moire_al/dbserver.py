@@ -187,7 +187,10 @@ def start(port: int | None = None, path: Path | None = None, host: str = "127.0.
         raise DatabaseError(f"port {port} on {host} is already in use; choose another with --port")
 
     log = path / "secantusd.log"
-    cmd = [_find_server_exe(), "--host", host, "--port", str(port), "--storage-path", str(path)]
+    # --sync-on-commit: without it a write acknowledged just before a crash (SIGKILL)
+    # is lost (seen in tests/test_jobdb.py); a job database's writes are few and small.
+    cmd = [_find_server_exe(), "--host", host, "--port", str(port), "--storage-path", str(path),
+           "--sync-on-commit"]
     with open(log, "ab") as fh:
         fh.write(f"\n--- moire-al db start {time.ctime()}: {' '.join(cmd)}\n".encode())
         fh.flush()
