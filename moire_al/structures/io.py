@@ -1,0 +1,74 @@
+"""Reading, validating and writing structures (extxyz with provenance in ``info``)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from moire_al.errors import StructureError
+
+ALLOWED_SPECIES = ("C", "B", "N")
+MIN_DISTANCE = 0.5  # Å: closer atoms are treated as overlapping
+
+
+def validate_structure(atoms, name: str = "", allowed=ALLOWED_SPECIES, min_distance: float = MIN_DISTANCE) -> None:
+    """Raise :class:`StructureError` (one line) if ``atoms`` is unusable.
+
+    Checks, in order: non-empty, finite positions, species in ``allowed``, a
+    3D cell of positive volume (DFT codes need one), and no two atoms (periodic
+    images included) closer than ``min_distance`` Å.
+    """
+    from ase.neighborlist import neighbor_list
+
+    label = f"{name}: " if name else ""
+    if len(atoms) == 0:
+        raise StructureError(f"{label}structure has no atoms")
+    pos = np.asarray(atoms.positions, float)
+    bad = np.where(~np.all(np.isfinite(pos), axis=1))[0]
+    if len(bad):
+        raise StructureError(f"{label}non-finite (NaN/inf) position for atom {bad[0]} ({len(bad)} atom(s) affected)")
+    unknown = sorted(set(atoms.get_chemical_symbols()) - set(allowed))
+    if unknown:
+        raise StructureError(f"{label}unknown species {', '.join(unknown)} (allowed: {', '.join(allowed)})")
+    cell = np.asarray(atoms.cell.array, float)
+    if not np.all(np.isfinite(cell)) or abs(np.linalg.det(cell)) < 1e-6:
+        raise StructureError(f"{label}missing or degenerate cell (need three lattice vectors with non-zero volume)")
+    i, j, d = neighbor_list("ijd", atoms, min_distance, self_interaction=False)
+    if len(d):
+        k = int(np.argmin(d))
+        raise StructureError(
+            f"{label}atoms {min(i[k], j[k])} and {max(i[k], j[k])} overlap: {d[k]:.3f} Å apart (< {min_distance} Å)")
+
+
+def read_structures(path, index=":", allowed=ALLOWED_SPECIES) -> list:
+    """Read every frame of ``path`` (any ASE format) and validate each one.
+
+    Raises :class:`StructureError` with one line naming the file and frame.
+    """
+    import ase.io
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise StructureError(f"{path}: no such file")
+    try:
+        frames = ase.io.read(path, index=index)
+    except Exception as exc:  # ASE raises many types for unreadable files
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StructureError(f"{path}: cannot read structure ({msg})") from None
+    if not isinstance(frames, list):
+        frames = [frames]
+    if not frames:
+        raise StructureError(f"{path}: file holds no structures")
+    for k, atoms in enumerate(frames):
+        validate_structure(atoms, f"{path}[{k}]", allowed=allowed)
+    return frames
+
+
+def write_structures(path, atoms_list) -> None:
+    """Write structures as extxyz (``info`` and ``arrays`` kept, incl. ``layer`` and provenance)."""
+    import ase.io
+
+    if hasattr(atoms_list, "positions"):
+        atoms_list = [atoms_list]
+    ase.io.write(os.fspath(path), list(atoms_list), format="extxyz")
