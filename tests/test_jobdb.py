@@ -69,7 +69,11 @@ def test_start_on_locked_data_dir_is_a_clear_error(tmp_path, bin_dir):
             dbserver.start(port=dbserver.free_port(), path=path)
     finally:
         proc.terminate()
-        proc.wait(20)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def test_db_cli_start_status_stop(tmp_path, bin_dir):
