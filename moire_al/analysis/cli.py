@@ -1,0 +1,207 @@
+"""``moire-al analyse ...``: the analyses from the command line.
+
+Each subcommand reads a structure (where it needs one), builds the calculator
+from ``--calc`` (``reference`` or a model directory; several comma-separated
+specs run the comparison mode), writes ``<out>/<analysis>.json`` and PNG plots.
+Heavy imports happen inside the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+
+def _calcs(args, material):
+    from moire_al.analysis.calculators import calculator_name, get_calculator
+
+    specs = [s for s in args.calc.split(",") if s]
+    return {calculator_name(s, material): get_calculator(s, material) for s in specs}
+
+
+def _read(path):
+    from moire_al.structures import read_structures
+
+    return read_structures(path)[0]
+
+
+def _material(args, atoms=None):
+    from moire_al.analysis.common import material_of
+
+    return material_of(atoms, getattr(args, "material", None))
+
+
+def _emit(args, name, result):
+    from moire_al.analysis.common import write_json
+
+    path = write_json(result, os.path.join(args.out, f"{name}.json"))
+    print(json.dumps({"result": path, "plots": result.get("plots", {})}, default=str))
+    return 0
+
+
+def _run(args, name, fn, target, material, plot_ext=".png", **kw):
+    from moire_al.analysis.suite import compare
+
+    calcs = _calcs(args, material)
+    os.makedirs(args.out, exist_ok=True)
+    if len(calcs) == 1:
+        (cname, calc), = calcs.items()
+        res = fn(target, calc, calc_name=cname, **kw)
+    else:
+        res = compare(fn, target, calcs, outdir=args.out, **kw)
+    return _emit(args, name, res)
+
+
+def _relax(args):
+    from moire_al.analysis.moire import moire_analysis
+    from moire_al.analysis.relax import relax
+    from moire_al.structures import write_structures
+
+    atoms = _read(args.structure)
+    material = _material(args, atoms)
+    (cname, calc), = list(_calcs(args, material).items())[:1]
+    relaxed, res = relax(atoms, calc, fmax=args.fmax, steps=args.steps,
+                         optimizer=args.optimizer, relax_cell=args.cell, calc_name=cname)
+    os.makedirs(args.out, exist_ok=True)
+    write_structures(os.path.join(args.out, "relaxed.xyz"), [relaxed])
+    res["relaxed_path"] = os.path.join(args.out, "relaxed.xyz")
+    if args.moire:
+        res = {"relax": res, "moire": moire_analysis(relaxed, reference=atoms, calc_name=cname,
+                                                     plot_dir=args.out)}
+    return _emit(args, "relax", res)
+
+
+def _moire(args):
+    from moire_al.analysis.moire import moire_analysis
+
+    atoms = _read(args.structure)
+    ref = _read(args.reference) if args.reference else None
+    res = moire_analysis(atoms, reference=ref, calc_name=args.calc_name,
+                         theta_deg=args.theta, plot_dir=args.out)
+    return _emit(args, "moire", res)
+
+
+def _sweep(args):
+    from moire_al.analysis.moire import moire_sweep
+
+    return _run(args, "moire_sweep", moire_sweep, args.material, args.material,
+                ms=tuple(args.m), fmax=args.fmax, plot_dir=args.out)
+
+
+def _binding(args):
+    from moire_al.analysis.binding import binding_curves
+
+    return _run(args, "binding", binding_curves, args.material, args.material,
+                plot_path=os.path.join(args.out, "binding.png"))
+
+
+def _strain(args):
+    from moire_al.analysis.common import rectangular_monolayer
+    from moire_al.analysis.strain import stress_strain
+
+    atoms = _read(args.structure) if args.structure else rectangular_monolayer(args.material, 3, 2)
+    return _run(args, "stress_strain", stress_strain, atoms, _material(args, atoms),
+                max_strain=args.max_strain, direction=args.direction,
+                plot_path=os.path.join(args.out, "stress_strain.png"))
+
+
+def _phonons(args):
+    from moire_al.analysis.phonons import phonon_bands
+
+    atoms = _read(args.structure)
+    return _run(args, "phonons", phonon_bands, atoms, _material(args, atoms),
+                supercell=tuple(args.supercell), plot_path=os.path.join(args.out, "phonons.png"))
+
+
+def _neb(args):
+    from moire_al.analysis.neb import vacancy_migration
+
+    atoms = _read(args.structure)
+    return _run(args, "neb_vacancy", vacancy_migration, atoms, _material(args, atoms),
+                layer=args.layer, n_images=args.images, climb=not args.no_climb,
+                plot_path=os.path.join(args.out, "neb.png"))
+
+
+def _defects(args):
+    from moire_al.analysis.defects import defect_formation_energies
+
+    atoms = _read(args.structure)
+    return _run(args, "defects", defect_formation_energies, atoms, _material(args, atoms),
+                layer=args.layer, plot_path=os.path.join(args.out, "defects.png"))
+
+
+def _suite(args):
+    from moire_al.analysis.calculators import calculator_name, get_calculator
+    from moire_al.analysis.suite import run_suite
+
+    res = run_suite(args.material, get_calculator(args.calc, args.material),
+                    args.calc_name or calculator_name(args.calc, args.material), args.out,
+                    quick=args.quick)
+    print(json.dumps({"outdir": args.out, "errors": res["errors"],
+                      "wall_time": res["wall_time"]}))
+    return 0 if not res["errors"] else 1
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("analyse", help="analyses with a fitted model or the reference "
+                              "potential (relax, moire, binding, strain, phonons, neb, defects)")
+    sub = p.add_subparsers(dest="analysis", metavar="ANALYSIS")
+
+    def add(name, func, help, structure=True, optional_structure=False):
+        q = sub.add_parser(name, help=help)
+        if structure:
+            q.add_argument("structure", nargs="?" if optional_structure else None,
+                           help="structure file (extxyz)")
+        q.add_argument("--calc", default="reference",
+                       help="'reference' or a model directory; comma-separated = compare")
+        q.add_argument("--material", default=None, choices=["graphene", "hbn"])
+        q.add_argument("--out", default="analysis", help="output directory")
+        q.set_defaults(func=func)
+        return q
+
+    q = add("relax", _relax, "relax a structure (positions, optionally in-plane cell)")
+    q.add_argument("--fmax", type=float, default=1e-3)
+    q.add_argument("--steps", type=int, default=1000)
+    q.add_argument("--optimizer", default="LBFGS", choices=["LBFGS", "FIRE", "BFGS"])
+    q.add_argument("--cell", action="store_true", help="also relax the in-plane cell")
+    q.add_argument("--moire", action="store_true", help="run the moiré analysis afterwards")
+
+    q = sub.add_parser("moire", help="moiré analysis of a relaxed bilayer (no calculator)")
+    q.add_argument("structure")
+    q.add_argument("--reference", help="unrelaxed (rigid twist) structure for displacements")
+    q.add_argument("--theta", type=float, default=None)
+    q.add_argument("--calc-name", default=None)
+    q.add_argument("--out", default="analysis")
+    q.set_defaults(func=_moire)
+
+    q = add("sweep", _sweep, "relax + moiré analysis over commensurate angles", structure=False)
+    q.set_defaults(material="graphene")
+    q.add_argument("--m", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    q.add_argument("--fmax", type=float, default=1e-3)
+
+    q = add("binding", _binding, "binding curves of high-symmetry stackings", structure=False)
+    q.set_defaults(material="graphene")
+
+    q = add("strain", _strain, "uniaxial stress-strain, Young's modulus",
+            optional_structure=True)
+    q.set_defaults(material="graphene")
+    q.add_argument("--max-strain", type=float, default=0.2)
+    q.add_argument("--direction", default="armchair", choices=["armchair", "zigzag"])
+
+    q = add("phonons", _phonons, "phonon bands Γ-M-K-Γ (phonopy)")
+    q.add_argument("--supercell", type=int, nargs=3, default=[4, 4, 1])
+
+    q = add("neb", _neb, "vacancy migration barrier (climbing-image NEB)")
+    q.add_argument("--layer", type=int, default=None)
+    q.add_argument("--images", type=int, default=5)
+    q.add_argument("--no-climb", action="store_true")
+
+    q = add("defects", _defects, "defect formation energies")
+    q.add_argument("--layer", type=int, default=None)
+
+    q = add("suite", _suite, "the standard analysis suite with one calculator",
+            structure=False)
+    q.set_defaults(material="graphene")
+    q.add_argument("--calc-name", default=None)
+    q.add_argument("--quick", action="store_true")

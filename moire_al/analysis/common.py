@@ -1,0 +1,162 @@
+"""Small helpers shared by the analyses: materials, layers, JSON-friendly output."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+# In-plane lattice constants (Å) used when a structure does not say otherwise.
+LATTICE_CONSTANT = {"graphene": 2.46, "hbn": 2.504}
+# Interlayer spacing used to turn a sheet's 2D stress into a 3D one (Å per layer).
+LAYER_THICKNESS = 3.35
+EV_PER_A3_TO_GPA = 160.21766208
+
+
+def material_of(atoms, material: str | None = None) -> str:
+    """``"graphene"`` or ``"hbn"``: from the argument, ``info`` or the elements."""
+    if material:
+        return str(material).lower()
+    if atoms is not None and atoms.info.get("material"):
+        return str(atoms.info["material"]).lower()
+    if atoms is not None and set(atoms.get_chemical_symbols()) <= {"C"}:
+        return "graphene"
+    return "hbn"
+
+
+def lattice_constant(material: str, a: float | None = None) -> float:
+    return float(a) if a else LATTICE_CONSTANT[material_of(None, material)]
+
+
+def layers_of(atoms) -> np.ndarray:
+    """Layer index per atom: ``arrays["layer"]`` or clustering of z (gap > 1.5 Å)."""
+    if "layer" in atoms.arrays:
+        return np.asarray(atoms.arrays["layer"]).astype(int).ravel()
+    z = atoms.positions[:, 2]
+    order = np.argsort(z)
+    layer = np.empty(len(atoms), dtype=int)
+    cur = 0
+    for k, i in enumerate(order):
+        if k and z[i] - z[order[k - 1]] > 1.5:
+            cur += 1
+        layer[i] = cur
+    return layer
+
+
+def calc_label(calc, calc_name: str | None = None) -> str:
+    """A name for the calculator to store with the results."""
+    if calc_name:
+        return str(calc_name)
+    return str(getattr(calc, "label_name", None) or getattr(calc, "name", None)
+               or type(calc).__name__)
+
+
+def attach(atoms, calc):
+    """A copy of ``atoms`` (info and arrays kept) with ``calc`` attached."""
+    new = atoms.copy()
+    new.calc = calc
+    return new
+
+
+def jsonable(obj: Any) -> Any:
+    """Convert numpy scalars/arrays (recursively) into plain Python types."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, (np.bool_,)):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, (np.floating, float)):
+        x = float(obj)
+        return x if math.isfinite(x) else None
+    return obj
+
+
+def write_json(result: dict, path: str) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as fh:
+        json.dump(jsonable(result), fh, indent=1)
+    return path
+
+
+def inplane_tiles(n: int = 1):
+    """Integer in-plane image offsets (i, j) with |i|, |j| <= n."""
+    return [(i, j) for i in range(-n, n + 1) for j in range(-n, n + 1)]
+
+
+def tiled_xy(positions: np.ndarray, cell: np.ndarray, n: int = 1):
+    """In-plane positions repeated over (2n+1)^2 periodic images, and the source index."""
+    xy = []
+    idx = []
+    for i, j in inplane_tiles(n):
+        xy.append(positions[:, :2] + i * cell[0, :2] + j * cell[1, :2])
+        idx.append(np.arange(len(positions)))
+    return np.concatenate(xy), np.concatenate(idx)
+
+
+def primitive_bilayer(material: str, shift_bonds: float = 0.0, d: float = 3.4,
+                      a: float | None = None, swap_top: bool = False,
+                      vacuum: float = 20.0):
+    """Two-layer primitive cell (4 atoms): top layer shifted by ``shift_bonds`` bond
+    lengths along the bond (armchair) direction relative to AA (eclipsed) stacking.
+
+    ``shift_bonds``: 0 = AA, 1 = AB (Bernal), 1.5 = SP (saddle point, between AB and
+    BA), 0.5 = "Mid" (between AA and AB). For hBN, ``swap_top`` exchanges B and N in
+    the top layer, so shift 0 with ``swap_top`` is AA' (B over N).
+    """
+    from ase import Atoms
+
+    material = material_of(None, material)
+    a = lattice_constant(material, a)
+    b = a / math.sqrt(3.0)
+    cell = np.array([[a, 0, 0], [-a / 2, a * math.sqrt(3) / 2, 0], [0, 0, d + vacuum]])
+    # sublattice sites: A at origin, B one bond along +y (the armchair direction here)
+    sites = np.array([[0.0, 0.0], [0.0, b]])
+    if material == "graphene":
+        bottom_sym = ["C", "C"]
+        top_sym = ["C", "C"]
+    else:
+        bottom_sym = ["B", "N"]
+        top_sym = ["N", "B"] if swap_top else ["B", "N"]
+    z0 = vacuum / 2
+    pos = [[x, y, z0] for x, y in sites]
+    pos += [[x, y + shift_bonds * b, z0 + d] for x, y in sites]
+    atoms = Atoms(bottom_sym + top_sym, positions=pos, cell=cell, pbc=True)
+    atoms.wrap()
+    atoms.arrays["layer"] = np.array([0, 0, 1, 1])
+    atoms.info["material"] = material
+    atoms.info["n_layers"] = 2
+    return atoms
+
+
+def rectangular_monolayer(material: str, nx: int = 4, ny: int = 3, a: float | None = None,
+                          vacuum: float = 20.0):
+    """Orthogonal monolayer cell: x along zigzag (length nx·a), y along armchair
+    (length ny·√3·a); 4·nx·ny atoms."""
+    from ase import Atoms
+
+    material = material_of(None, material)
+    a = lattice_constant(material, a)
+    b = a / math.sqrt(3.0)
+    basis = np.array([[0, 0], [0, b], [a / 2, 1.5 * b], [a / 2, 2.5 * b]])
+    syms = ["C"] * 4 if material == "graphene" else ["B", "N", "B", "N"]
+    # B at (a/2, 1.5b) bonded to A at (0, b)? check: sites 0,1 bonded, 1-2 bonded, 2-3 bonded
+    pos, sym = [], []
+    for i in range(nx):
+        for j in range(ny):
+            for (x, y), s in zip(basis, syms):
+                pos.append([x + i * a, y + j * 3 * b, vacuum / 2])
+                sym.append(s)
+    atoms = Atoms(sym, positions=pos, cell=[nx * a, ny * 3 * b, vacuum], pbc=True)
+    atoms.wrap()
+    atoms.arrays["layer"] = np.zeros(len(atoms), dtype=int)
+    atoms.info["material"] = material
+    atoms.info["n_layers"] = 1
+    return atoms

@@ -1,0 +1,208 @@
+"""PNG plots of the analyses (matplotlib, Agg backend). Each comparison plot takes
+``{calc_name: result}`` so several calculators can be drawn together."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, path):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    _plt().close(fig)
+    return path
+
+
+def _cell_outline(ax, cell):
+    c = np.array([[0, 0], cell[0, :2], cell[0, :2] + cell[1, :2], cell[1, :2], [0, 0]])
+    ax.plot(c[:, 0], c[:, 1], "k-", lw=0.8)
+
+
+def _field_map(ax, atoms, xy, values, n_grid, cmap, label, fig):
+    from moire_al.analysis.moire import interpolate_map
+
+    idx = np.arange(len(xy))
+    proxy = atoms.copy()
+    # interpolate_map wants positions of the atoms indexed; build a stand-in
+    sub = proxy[:len(xy)]
+    sub.positions[:, :2] = xy
+    X, Y, V = interpolate_map(sub, idx, values, n_grid)
+    pm = ax.pcolormesh(X, Y, V, shading="auto", cmap=cmap)
+    fig.colorbar(pm, ax=ax, label=label)
+    _cell_outline(ax, atoms.cell.array)
+    ax.set_aspect("equal")
+    ax.set_xlabel("x (Å)")
+    ax.set_ylabel("y (Å)")
+
+
+def plot_moire_maps(atoms, fields, outdir, prefix="moire", n_grid=64, nodes=None) -> dict:
+    """Interlayer distance, stacking and (if present) displacement maps."""
+    plt = _plt()
+    out = {}
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    _field_map(ax, atoms, fields["xy"], fields["d"], n_grid, "viridis", "d (Å)", fig)
+    if nodes is not None and len(nodes):
+        ax.plot(nodes[:, 0], nodes[:, 1], "r+", ms=10, label="AA nodes")
+        ax.legend(loc="upper right", fontsize=7)
+    ax.set_title("interlayer distance")
+    out["interlayer_distance"] = _save(fig, os.path.join(outdir, f"{prefix}_distance.png"))
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    colours = {"AA": "tab:red", "AA'": "tab:purple", "AB": "tab:blue", "BA": "tab:cyan",
+               "SP": "tab:orange"}
+    for lab, col in colours.items():
+        m = fields["stacking"] == lab
+        if m.any():
+            ax.scatter(fields["xy"][m, 0], fields["xy"][m, 1], s=6, c=col, label=lab)
+    _cell_outline(ax, atoms.cell.array)
+    ax.set_aspect("equal")
+    ax.legend(fontsize=7, markerscale=2)
+    ax.set_title("local stacking")
+    out["stacking"] = _save(fig, os.path.join(outdir, f"{prefix}_stacking.png"))
+
+    if "u_inplane" in fields:
+        fig, ax = plt.subplots(figsize=(5.5, 4.5))
+        _field_map(ax, atoms, fields["xy"], fields["u_z"], n_grid, "coolwarm", "u_z (Å)", fig)
+        ax.set_title("out-of-plane displacement")
+        out["u_z"] = _save(fig, os.path.join(outdir, f"{prefix}_uz.png"))
+        fig, ax = plt.subplots(figsize=(5.5, 4.5))
+        _field_map(ax, atoms, fields["xy"], fields["u_inplane"], n_grid, "magma",
+                   "|u_xy| (Å)", fig)
+        v = fields["u_inplane_vec"]
+        ax.quiver(fields["xy"][:, 0], fields["xy"][:, 1], v[:, 0], v[:, 1], color="w",
+                  alpha=0.6)
+        ax.set_title("in-plane displacement")
+        out["u_inplane"] = _save(fig, os.path.join(outdir, f"{prefix}_uxy.png"))
+    return out
+
+
+def plot_moire_sweep(results: dict, outdir, prefix="moire_sweep") -> dict:
+    """Seed 000 Fig. 2c/2d and 3c/3d style curves; ``results``: {calc_name: sweep}."""
+    plt = _plt()
+    out = {}
+    fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+    for k, (name, res) in enumerate(results.items()):
+        p = res["points"]
+        th = np.array([q["theta_deg"] for q in p])
+        col = f"C{k}"
+        ax[0].fill_between(th, [q["d_min"] for q in p], [q["d_max"] for q in p],
+                           color=col, alpha=0.25)
+        ax[0].plot(th, [q["d_mean"] for q in p], "o-", color=col, label=name)
+        ax[1].plot(th, np.array([q["period_measured"] for q in p]) / 10, "o", color=col,
+                   label=f"{name} (measured)")
+    if results:
+        p = next(iter(results.values()))["points"]
+        th = np.array([q["theta_deg"] for q in p])
+        fine = np.linspace(th.min(), th.max(), 200)
+        a = p[0]["period_formula"] * 2 * np.sin(np.radians(p[0]["theta_deg"]) / 2)
+        ax[1].plot(fine, a / (2 * np.sin(np.radians(fine) / 2)) / 10, "r-",
+                   label="a / (2 sin θ/2)")
+    ax[0].set_xlabel("θ (°)")
+    ax[0].set_ylabel("interlayer distance (Å): ⟨d⟩, [d_min, d_max]")
+    ax[1].set_xlabel("θ (°)")
+    ax[1].set_ylabel("moiré period (nm)")
+    ax[1].set_yscale("log")
+    for x in ax:
+        x.legend(fontsize=7)
+    out["distance_and_period"] = _save(fig, os.path.join(outdir, f"{prefix}_fig2.png"))
+
+    fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+    for k, (name, res) in enumerate(results.items()):
+        p = [q for q in res["points"] if q["u_z_max"] is not None]
+        th = [q["theta_deg"] for q in p]
+        ax[0].plot(th, [q["u_z_max"] for q in p], "o-", color=f"C{k}", label=name)
+        ax[1].plot(th, [q["u_inplane_max"] for q in p], "o-", color=f"C{k}", label=name)
+    ax[0].set_ylabel("max out-of-plane displacement (Å)")
+    ax[1].set_ylabel("max in-plane displacement (Å)")
+    for x in ax:
+        x.set_xlabel("θ (°)")
+        x.legend(fontsize=7)
+    out["displacements"] = _save(fig, os.path.join(outdir, f"{prefix}_fig3.png"))
+    return out
+
+
+def plot_binding(results: dict, path) -> str:
+    """Binding curves, one panel per calculator (or overlay); ``results``: {name: binding}."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    styles = ["-", "--", ":", "-."]
+    for k, (name, res) in enumerate(results.items()):
+        for j, (stk, curve) in enumerate(res["curves"].items()):
+            ax.plot(curve["d"], np.array(curve["e_bind"]) * 1000, styles[k % 4],
+                    color=f"C{j}", label=f"{stk} ({name})")
+    ax.set_xlabel("interlayer distance (Å)")
+    ax.set_ylabel("binding energy (meV/atom)")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_stress_strain(results: dict, path) -> str:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for k, (name, res) in enumerate(results.items()):
+        ax.plot(np.array(res["strain"]) * 100, res["stress_GPa"], "o-", color=f"C{k}",
+                ms=3, label=f"{name}: E = {res['youngs_modulus_GPa'] / 1000:.2f} TPa")
+    ax.set_xlabel("strain (%)")
+    ax.set_ylabel("stress (GPa)")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_phonons(results: dict, path) -> str:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for k, (name, res) in enumerate(results.items()):
+        x = np.array(res["distances"])
+        f = np.array(res["frequencies_THz"])
+        for b in range(f.shape[1]):
+            ax.plot(x, f[:, b], color=f"C{k}", lw=0.8, label=name if b == 0 else None)
+    if results:
+        res = next(iter(results.values()))
+        for xt in res["label_positions"]:
+            ax.axvline(xt, color="k", lw=0.5)
+        ax.set_xticks(res["label_positions"])
+        ax.set_xticklabels(res["labels"])
+        ax.set_xlim(res["distances"][0], res["distances"][-1])
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_ylabel("frequency (THz)")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_neb(results: dict, path) -> str:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for k, (name, res) in enumerate(results.items()):
+        ax.plot(res["path_coordinate"], res["energies_rel"], "o-", color=f"C{k}",
+                label=f"{name}: barrier {res['barrier']:.2f} eV")
+    ax.set_xlabel("reaction coordinate (Å)")
+    ax.set_ylabel("energy (eV)")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_defects(results: dict, path) -> str:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    names = list(results)
+    kinds = sorted({k for r in results.values() for k in r["formation_energies"]})
+    w = 0.8 / max(len(names), 1)
+    for k, name in enumerate(names):
+        fe = results[name]["formation_energies"]
+        ax.bar(np.arange(len(kinds)) + k * w, [fe.get(x) or 0 for x in kinds], w,
+               label=name)
+    ax.set_xticks(np.arange(len(kinds)) + w * (len(names) - 1) / 2)
+    ax.set_xticklabels(kinds, rotation=15)
+    ax.set_ylabel("formation energy (eV)")
+    ax.legend(fontsize=7)
+    return _save(fig, path)

@@ -1,0 +1,173 @@
+"""Physics checks of moire_al.analysis with the classical reference potential."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from moire_al import structures
+from moire_al.analysis import binding, moire, neb, phonons, strain
+from moire_al.analysis.common import primitive_bilayer, rectangular_monolayer
+from moire_al.labelling.reference import reference_calculator
+
+
+@pytest.fixture(scope="module")
+def gcalc():
+    return reference_calculator("graphene")
+
+
+def _monolayer():
+    m = primitive_bilayer("graphene", 0.0, 3.4)
+    del m[[2, 3]]
+    return m
+
+
+@pytest.mark.parametrize("m", [1, 5])  # 21.79° (28 atoms) and 6.01° (364 atoms)
+def test_twisted_bilayer_relaxes_and_moire_period_matches(gcalc, m, tmp_path):
+    tb = structures.twisted_bilayer("graphene", m=m)
+    relaxed, res = moire.relax_and_analyse(tb, gcalc, "ref", plot_dir=str(tmp_path))
+    r, mo = res["relax"], res["moire"]
+    assert r["converged"] and r["final_fmax"] < 1e-3 and 0 < r["steps"] < 1000
+    assert r["energy_final"] < r["energy_initial"]
+    assert mo["period_rel_error"] < 0.02
+    assert mo["d_min"] < mo["d_mean"] < mo["d_max"]
+    json.dumps(res)  # JSON-friendly
+    assert all(os.path.exists(p) for p in mo["plots"].values())
+    if m == 5:
+        # visible moiré: AA nodes stand clearly above AB-like regions (KC: ~3.6 vs ~3.4 Å)
+        assert mo["d_range"] > 0.15
+        assert mo["regime_by_angle"] == "transition"
+        assert mo["n_aa_nodes"] == 1
+        # the highest atom sits in AA stacking, the lowest in AB/BA
+        fields = moire.moire_fields(relaxed)
+        assert fields["stacking"][np.argmax(fields["d"])] == "AA"
+        assert fields["stacking"][np.argmin(fields["d"])] in ("AB", "BA")
+        assert mo["u_z_max"] > mo["u_inplane_max"]  # transition: out-of-plane first
+    else:
+        assert mo["d_range"] < 0.05 and mo["regime_by_angle"] == "moire"
+        assert mo["regime_by_structure"] == "moire"
+
+
+def test_hbn_twisted_bilayer_period(tmp_path):
+    tb = structures.twisted_bilayer("hbn", m=4)
+    _, res = moire.relax_and_analyse(tb, reference_calculator("hbn"), "ref")
+    assert res["relax"]["converged"]
+    assert res["moire"]["period_rel_error"] < 0.02
+
+
+def test_stacking_labels_of_ideal_bilayers():
+    for shift, want in ((0.0, "AA"), (1.0, "AB"), (2.0, "BA"), (1.5, "SP")):
+        bl = primitive_bilayer("graphene", shift, 3.4).repeat((3, 3, 1))
+        _, labels = moire.stacking_labels(bl)
+        assert set(labels) == {want}, (shift, set(labels))
+    _, labels = moire.stacking_labels(primitive_bilayer("hbn", 0.0, 3.4, swap_top=True))
+    assert set(labels) == {"AA'"}
+
+
+def test_measure_period_picks_fundamental_not_harmonic():
+    tb = structures.twisted_bilayer("graphene", m=4)
+    idx = np.where(tb.arrays["layer"] == 1)[0]
+    cell = tb.cell.array[:2, :2]
+    g = 2 * np.pi * np.linalg.inv(cell).T
+    xy = tb.positions[idx, :2]
+    field = sum(np.cos(xy @ v) for v in (g[0], g[1], g[0] + g[1]))  # moiré-like
+    field = field + 0.3 * np.cos(xy @ (2 * g[0]))  # weaker harmonic
+    period, _ = moire.measure_period(tb, idx, field, 2.46)
+    assert abs(period - tb.info["moire_period"]) / tb.info["moire_period"] < 1e-6
+
+
+def test_binding_ab_below_aa(gcalc, tmp_path):
+    d = [3.1, 3.2, 3.3, 3.35, 3.4, 3.45, 3.5, 3.6, 3.7, 3.8, 4.0, 6.0]
+    res = binding.binding_curves("graphene", gcalc, "ref", stackings=["AA", "AB", "SP"],
+                                 distances=d, plot_path=str(tmp_path / "b.png"))
+    eq = res["equilibrium"]
+    assert res["ground_state"] == "AB"
+    assert eq["AB"]["e_bind_min"] < eq["SP"]["e_bind_min"] < eq["AA"]["e_bind_min"] < 0
+    assert 3.2 < eq["AB"]["d_eq"] < 3.5 and eq["AA"]["d_eq"] > eq["AB"]["d_eq"] + 0.1
+    assert 1.0 < res["stacking_energy_meV"]["AA"] < 15.0
+    # the tail decays: at 6 Å much weaker than at the minimum
+    assert abs(res["curves"]["AB"]["e_bind"][-1]) < 0.2 * abs(eq["AB"]["e_bind_min"])
+
+
+def test_young_modulus_monolayer_graphene(gcalc):
+    res = strain.stress_strain(rectangular_monolayer("graphene", 3, 2), gcalc, "ref",
+                               strains=[0.0, 0.005, 0.01, 0.015, 0.02])
+    assert all(res["converged"])
+    assert abs(res["youngs_modulus_GPa"] - 1000.0) < 150.0
+    assert abs(res["stress_GPa"][0]) < 0.5  # relaxed start is stress-free
+
+
+@pytest.mark.slow
+def test_stress_strain_to_20_percent(gcalc, tmp_path):
+    res = strain.stress_strain(rectangular_monolayer("graphene", 3, 2), gcalc, "ref",
+                               plot_path=str(tmp_path / "ss.png"))
+    s = np.array(res["stress_GPa"])
+    assert res["strain"][-1] == pytest.approx(0.20)
+    assert np.all(np.diff(s[:10]) > 0)  # monotonic in the elastic range
+    assert 50 < res["ultimate_stress_GPa"] < 200
+
+
+def test_phonons_monolayer_acoustic_zero_and_units(gcalc, tmp_path):
+    res = phonons.phonon_bands(_monolayer(), gcalc, "ref", supercell=(5, 5, 1),
+                               symmetrize=False, plot_path=str(tmp_path / "ph.png"))
+    assert res["acoustic_gamma_max_abs_THz"] < 0.05
+    assert 40 < res["max_frequency_THz"] < 60  # G mode ~1600 cm^-1 ~ 48 THz
+    assert res["gamma_frequencies_THz"][3] > 10  # ZO is optical
+    assert res["stable"] and res["n_imaginary"] == 0
+    assert os.path.exists(res["plots"]["bands"])
+
+
+def test_phonons_ab_and_twisted_bilayer(gcalc):
+    ab = phonons.phonon_bands(primitive_bilayer("graphene", 1.0, 3.4), gcalc, "ref",
+                              supercell=(4, 4, 1), symmetrize=False, npoints=11)
+    assert ab["acoustic_gamma_max_abs_THz"] < 0.05
+    g = ab["gamma_frequencies_THz"]
+    assert 0.2 < g[3] < 3.0  # interlayer shear mode, ~1 THz scale
+    assert ab["stable"]
+    tw = phonons.phonon_bands(structures.twisted_bilayer("graphene", m=1), gcalc, "ref",
+                              supercell=(1, 1, 1), symmetrize=True, npoints=5)
+    gt = np.array(tw["gamma_frequencies_THz"])
+    assert tw["acoustic_gamma_max_abs_THz"] < 0.05
+    # the only soft modes: the (nearly free) relative sliding pair of the twisted
+    # layers; everything else real
+    assert (gt < -0.1).sum() <= 2 and tw["min_frequency_THz"] > -0.5
+    assert tw["max_frequency_THz"] > 40
+
+
+def test_vacancy_neb_symmetric_path():
+    from moire_al.analysis.calculators import intralayer_calculator
+
+    # KC-full refuses atoms with > 3 same-layer neighbours (the hop's saddle), so the
+    # monolayer path uses the reference's intralayer part (REBO) alone.
+    calc = intralayer_calculator("graphene")
+    res = neb.vacancy_migration(_monolayer().repeat((5, 5, 1)), calc, "rebo",
+                                n_images=5, climb=False, steps=600)
+    e = np.array(res["energies_rel"])
+    assert all(res["endpoints_converged"])
+    assert np.all(np.isfinite(e)) and np.isfinite(res["barrier"])
+    assert abs(res["delta_e"]) < 1e-3  # symmetric end points
+    assert np.allclose(e, e[::-1], atol=0.05)  # symmetric profile
+    assert res["barrier"] == pytest.approx(res["barrier_reverse"], abs=1e-3)
+
+
+def test_vacancy_formation_energy(gcalc):
+    from moire_al.analysis.defects import defect_formation_energies
+
+    res = defect_formation_energies(structures.twisted_bilayer("graphene", m=2), gcalc, "ref",
+                                    kinds=("vacancy", "interstitial_interlayer"))
+    assert 5.0 < res["formation_energies"]["vacancy"] < 9.0  # REBO ~7.5 eV
+    assert res["defects"]["vacancy"]["dn"] == -1 and res["defects"]["vacancy"]["converged"]
+    json.dumps(res)
+
+
+def test_cli_parses_and_calculator_resolution(tmp_path):
+    from moire_al.analysis.calculators import get_calculator
+    from moire_al.cli import build_parser
+    from moire_al.errors import MoireALError
+
+    args = build_parser().parse_args(["analyse", "binding", "--calc", "reference",
+                                      "--out", str(tmp_path)])
+    assert args.func.__name__ == "_binding"
+    with pytest.raises(MoireALError):
+        get_calculator(str(tmp_path / "missing-model"), "graphene")
