@@ -1,0 +1,1 @@
+"""moire_al.store."""

@@ -1,0 +1,154 @@
+"""CLI of the learning loop: ``loop add``, ``status``, ``resume``, ``report``, ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("loop", help="add a hyperactive learning loop to the job database")
+    p.add_argument("workflow", nargs="?", help="a workflow YAML (e.g. workflows/graphene_hyperactive.yaml); "
+                   "default: build one from the options")
+    p.add_argument("-l", "--launchpad", default=None, help="launchpad.yaml (default: the local job database)")
+    p.add_argument("--material", default="graphene", choices=("graphene", "hbn"))
+    p.add_argument("--labeller", default="reference", choices=("reference", "cp2k", "gpaw"))
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a loop parameter (JSON value), e.g. --set batch_size=20 --set max_rounds=5")
+    p.set_defaults(func=_cmd_loop_add)
+
+    p = sub.add_parser("status", help="per-round table of a loop and the state of its Fireworks")
+    p.add_argument("--loop", default=None, help="loop id (default: every loop)")
+    p.add_argument("-l", "--launchpad", default=None)
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("resume", help="rerun exactly the FIZZLED labelling Fireworks")
+    p.add_argument("--loop", default=None, help="only this loop")
+    p.add_argument("--round", type=int, default=None, help="only this round")
+    p.add_argument("-l", "--launchpad", default=None)
+    p.set_defaults(func=_cmd_resume)
+
+    p = sub.add_parser("report", help="write a loop's plots, rounds and latest model to a directory")
+    p.add_argument("loop", help="loop id")
+    p.add_argument("-o", "--output", default=None, help="directory (default runs/<loop>/report)")
+    p.add_argument("-l", "--launchpad", default=None)
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("suite", help="add the standard analysis suite of a model (category 'analysis')")
+    p.add_argument("--model", default="reference", help="model id in the store (default: the reference potential)")
+    p.add_argument("--material", default="graphene", choices=("graphene", "hbn"))
+    p.add_argument("--quick", action="store_true", help="small cells and ranges (minutes)")
+    p.add_argument("-l", "--launchpad", default=None)
+    p.set_defaults(func=_cmd_suite)
+
+    p = sub.add_parser("demo", help="the main job: a small real hyperactive loop through FireWorks")
+    p.add_argument("--material", default="graphene", choices=("graphene", "hbn"))
+    p.add_argument("--labeller", default="reference", choices=("reference", "cp2k", "gpaw"),
+                   help="reference potential (minutes) or a real DFT code (hours)")
+    p.add_argument("--rounds", type=int, default=4, help="max rounds (fits)")
+    p.add_argument("--batch", type=int, default=10, help="structures added per round")
+    p.add_argument("--workers", type=int, default=1, help="rlaunch worker processes")
+    p.add_argument("--runs", default="runs", help="directory for launches and the report")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _parse_sets(items: list[str]) -> dict:
+    import json
+
+    from moire_al.errors import MoireALError
+
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise MoireALError(f"--set {item!r}: expected KEY=VALUE")
+        k, v = item.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def _cmd_loop_add(args) -> int:
+    from fireworks import Workflow
+
+    from moire_al.config import get_launchpad
+    from moire_al.workflows.builders import hyperactive_loop
+    from moire_al.workflows.settings import LoopSettings
+
+    if args.workflow:
+        wf = Workflow.from_file(args.workflow)
+        for fw in wf.fws:  # validate before adding: a typo fails here, not on a worker
+            for t in fw.tasks:
+                if "params" in t:
+                    LoopSettings.from_dict({**t["params"], **_parse_sets(args.set)})
+    else:
+        settings = LoopSettings.from_dict({"material": args.material, "labeller": args.labeller,
+                                           **_parse_sets(args.set)})
+        wf = hyperactive_loop(settings)
+    lp = get_launchpad(args.launchpad)
+    ids = lp.add_wf(wf)
+    print(f"added workflow '{wf.name}' (fw ids {sorted(ids.values())}); run workers with "
+          f"`rlaunch -l launchpad.yaml -w fworkers/all.yaml rapidfire`")
+    return 0
+
+
+def _cmd_status(args) -> int:
+    from moire_al.config import get_launchpad
+    from moire_al.store.mongo import Store
+    from moire_al.workflows.manage import fw_states, loop_ids, status_table
+
+    lp = get_launchpad(args.launchpad)
+    store = Store.from_launchpad(lp)
+    ids = [args.loop] if args.loop else loop_ids(store)
+    if not ids:
+        print("no loops in the job database")
+    for lid in ids:
+        print(status_table(store, lid))
+        states = fw_states(lp, lid)
+        print("fireworks: " + ", ".join(f"{k} {v}" for k, v in sorted(states.items())))
+        running = list(lp.fireworks.find({"spec._moire.loop_id": lid, "state": {"$in": ["RUNNING", "FIZZLED"]}},
+                                         {"fw_id": 1, "name": 1, "state": 1}))
+        for d in running:
+            print(f"  {d['state']:9s} fw {d['fw_id']}: {d['name']}")
+        print()
+    return 0
+
+
+def _cmd_resume(args) -> int:
+    from moire_al.config import get_launchpad
+    from moire_al.workflows.manage import resume
+
+    out = resume(get_launchpad(args.launchpad), args.loop, args.round)
+    print(f"rerun {len(out['rerun'])} fizzled labelling fireworks {out['rerun']}"
+          + (f"; refit added for {out['refit_loops']}" if out["refit_loops"] else ""))
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from moire_al.config import get_launchpad
+    from moire_al.store.mongo import Store
+    from moire_al.workflows.manage import write_report
+
+    store = Store.from_launchpad(get_launchpad(args.launchpad))
+    out = write_report(store, args.loop, args.output or Path("runs") / args.loop / "report")
+    print(f"report written to {out}")
+    return 0
+
+
+def _cmd_suite(args) -> int:
+    from moire_al.config import get_launchpad
+    from moire_al.workflows.analysis import analysis_workflow
+
+    wf = analysis_workflow(args.material, model_id=args.model, quick=args.quick)
+    ids = get_launchpad(args.launchpad).add_wf(wf)
+    print(f"added '{wf.name}': {len(ids)} analysis fireworks; run `rlaunch -l launchpad.yaml "
+          "-w fworkers/analysis.yaml rapidfire`")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from moire_al.workflows.demo import run_demo
+
+    return run_demo(material=args.material, labeller=args.labeller, max_rounds=args.rounds,
+                    batch_size=args.batch, workers=args.workers, runs_dir=Path(args.runs))

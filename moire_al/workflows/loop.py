@@ -1,0 +1,224 @@
+"""The hyperactive learning loop as plain functions over a :class:`Store`.
+
+Each function is one step of the loop and is what a Firetask calls; none of them
+knows about FireWorks. A round ``r`` is: fit on every labelled structure selected in
+rounds ``<= r``, measure errors on the held-out test split, score the rest of the
+pool with the committee, and select the most uncertain ``batch_size`` for round
+``r + 1``. The loop stops when the largest uncertainty left in the pool is below the
+threshold (``converged``), when the pool is used up (``pool_exhausted``), or after
+``max_rounds`` fits (``max_rounds``).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from moire_al.conventions import label_key
+from moire_al.errors import LabelError
+from moire_al.store.mongo import Store, utcnow
+from moire_al.workflows.settings import LoopSettings
+
+log = logging.getLogger(__name__)
+
+PARITY_MAX = 3000
+
+
+# ------------------------------------------------------------------ pure helpers
+
+
+def split_initial(hashes: list[str], n_initial: int, n_test: int, seed: int) -> tuple[list[str], list[str]]:
+    """Random initial training set and held-out test split, disjoint, reproducible."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(hashes))
+    n_test = min(n_test, max(len(hashes) - n_initial, 0))
+    test = [hashes[i] for i in order[:n_test]]
+    initial = [hashes[i] for i in order[n_test:n_test + n_initial]]
+    return initial, test
+
+
+def select_most_uncertain(hashes: list[str], scores: np.ndarray, n: int) -> list[str]:
+    """The ``n`` hashes with the largest scores (ties broken by hash for determinism)."""
+    order = sorted(range(len(hashes)), key=lambda i: (-float(scores[i]), hashes[i]))
+    return [hashes[i] for i in order[:n]]
+
+
+def committee_scores(model, atoms_list, criterion: str) -> np.ndarray:
+    """Per-structure uncertainty: max relative force uncertainty or max force std."""
+    if not atoms_list:
+        return np.zeros(0)
+    if criterion == "rel_force_unc":
+        return np.asarray(model.score(atoms_list), dtype=float)
+    preds = model.predict(atoms_list)
+    return np.array([float(np.max(p["forces_std"])) for p in preds])
+
+
+def force_errors(model, atoms_list) -> dict:
+    """RMSE of energy (meV/atom) and forces (eV/Å; all, in-plane, out-of-plane)."""
+    from moire_al.conventions import REF_ENERGY, REF_FORCES
+
+    if not atoms_list:
+        return {}
+    preds = model.predict(atoms_list)
+    de = [(p["energy"] - a.info[REF_ENERGY]) / len(a) for p, a in zip(preds, atoms_list)]
+    ref = np.concatenate([a.arrays[REF_FORCES] for a in atoms_list])
+    pred = np.concatenate([np.asarray(p["forces"]) for p in preds])
+    d = pred - ref
+    return {
+        "E_meV_atom": float(1000 * np.sqrt(np.mean(np.square(de)))),
+        "F": float(np.sqrt(np.mean(d ** 2))),
+        "F_inplane": float(np.sqrt(np.mean(d[:, :2] ** 2))),
+        "F_outofplane": float(np.sqrt(np.mean(d[:, 2] ** 2))),
+        "_ref": ref.ravel(), "_pred": pred.ravel(),
+    }
+
+
+# ------------------------------------------------------------------ steps
+
+
+def init_loop(store: Store, settings: LoopSettings, loop_id: str) -> dict:
+    """Make the candidate pool, store it, choose the initial and test structures.
+
+    Idempotent: a rerun finds the pool and the choice already stored.
+    """
+    from moire_al.structures.pool import make_pool
+
+    existing = store.member_hashes(loop_id)
+    if existing:
+        initial = store.member_hashes(loop_id, role="pool", selected=True, upto_round=0)
+        test = store.member_hashes(loop_id, role="test")
+        return {"initial": initial, "test": test, "n_pool": len(existing)}
+    store.put_loop(loop_id, settings.as_dict())
+    pool = make_pool(settings.material, settings.pool_recipe(), seed=settings.seed)
+    hashes = store.put_structures(pool)
+    hashes = list(dict.fromkeys(hashes))  # identical candidates count once
+    initial, test = split_initial(hashes, settings.n_initial, settings.n_test, settings.seed)
+    test_set = set(test)
+    store.add_members(loop_id, test, role="test")
+    store.add_members(loop_id, [h for h in hashes if h not in test_set], role="pool")
+    store.mark_selected(loop_id, initial, 0)
+    log.info("loop %s: pool of %d, %d initial, %d test", loop_id, len(hashes), len(initial), len(test))
+    return {"initial": initial, "test": test, "n_pool": len(hashes)}
+
+
+def label_structures(store: Store, loop_id: str, round_: int, hashes: list[str], labeller_name: str,
+                     labeller_settings: dict, workdir: str | Path) -> dict:
+    """Label structures not labelled yet; store records and failures.
+
+    A structure whose label key is already stored is skipped, so a rerun (after a
+    crash, a lost run or ``moire-al resume``) never labels anything twice. Raises
+    :class:`LabelError` after trying every structure if any failed, so the Firework
+    fizzles and only the failures are rerun later.
+    """
+    from moire_al.labelling import LabelFailure, get_labeller
+
+    labeller = get_labeller(labeller_name, labeller_settings)
+    done, skipped, failed = [], [], []
+    for h, atoms in zip(hashes, store.get_structures(hashes)):
+        key = label_key(atoms, labeller.name, labeller.settings)
+        if store.get_label(key) is not None:
+            skipped.append(h)
+            continue
+        store.members.update_one({"loop_id": loop_id, "hash": h}, {"$inc": {"label_runs": 1}})
+        try:
+            result = labeller.label(atoms, str(workdir))
+        except LabelError as exc:
+            result = None
+            failure = {"key": key, "structure_hash": h, "labeller": labeller.name,
+                       "settings": labeller.settings, "error_type": type(exc).__name__, "message": str(exc)}
+        if isinstance(result, LabelFailure):
+            failure = result.as_dict()
+        if result is None or isinstance(result, LabelFailure):
+            store.put_failure(failure, loop_id=loop_id, round=round_, resolved=False)
+            failed.append((h, failure.get("message", "")))
+            continue
+        store.put_label(result.as_dict(), loop_id=loop_id, round=round_)
+        store.failures.update_many({"key": key}, {"$set": {"resolved": True}})
+        done.append(h)
+    if failed:
+        msgs = "; ".join(f"{h}: {m}" for h, m in failed)
+        raise LabelError(f"{len(failed)} of {len(hashes)} structures failed to label: {msgs}")
+    return {"labelled": done, "skipped": skipped}
+
+
+def _training_and_test(store: Store, settings: LoopSettings, loop_id: str, round_: int):
+    from moire_al.labelling import get_labeller
+
+    labeller = get_labeller(settings.labeller, settings.labeller_settings)
+
+    def labelled(hashes):
+        atoms = store.get_structures(hashes)
+        keys = [label_key(a, labeller.name, labeller.settings) for a in atoms]
+        return store.labelled_atoms(hashes, keys)
+
+    train, missing = labelled(store.member_hashes(loop_id, role="pool", selected=True, upto_round=round_))
+    test, _ = labelled(store.member_hashes(loop_id, role="test"))
+    return train, missing, test
+
+
+def fit_round(store: Store, settings: LoopSettings, loop_id: str, round_: int) -> dict:
+    """Fit, test, score the remaining pool, select the next batch; store the round.
+
+    Returns the round document. On a rerun of a round whose next batch was already
+    chosen, the stored selection is kept (the branch that labels it may exist).
+    """
+    from moire_al.models import ACEModel
+
+    t0 = time.time()
+    started = utcnow()
+    train, missing, test = _training_and_test(store, settings, loop_id, round_)
+    if not train:
+        raise LabelError(f"round {round_}: no labelled training structures (all {len(missing)} failed)")
+    model = ACEModel(**{"seed": settings.seed, **settings.model}).fit(train)
+    model_id = f"{loop_id}-r{round_}"
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save(Path(tmp) / "model")
+        store.put_model(Path(tmp) / "model", model_id=model_id, loop_id=loop_id, round=round_,
+                        n_train=len(train), material=settings.material)
+    errors = force_errors(model, test)
+    ref, pred = errors.pop("_ref", np.zeros(0)), errors.pop("_pred", np.zeros(0))
+    if len(ref) > PARITY_MAX:
+        idx = np.random.default_rng(round_).choice(len(ref), PARITY_MAX, replace=False)
+        ref, pred = ref[idx], pred[idx]
+
+    candidates = store.member_hashes(loop_id, role="pool", selected=False)
+    scores = committee_scores(model, store.get_structures(candidates), settings.criterion)
+    max_s = float(scores.max()) if len(scores) else 0.0
+    exhausted = len(scores) == 0
+    converged = not exhausted and max_s < settings.threshold
+    last = round_ + 1 >= settings.max_rounds
+    previous = store.get_round(loop_id, round_) or {}
+    if converged or exhausted or last:
+        selected = []
+    elif previous.get("selected") is not None:
+        selected = previous["selected"]
+    else:
+        selected = select_most_uncertain(candidates, scores, settings.batch_size)
+    failures = list(store.failures.find({"loop_id": loop_id, "resolved": False}, {"key": 1, "round": 1}))
+    doc = {
+        "loop_id": loop_id, "round": round_, "started": previous.get("started", started),
+        "finished": utcnow(), "wall_time": time.time() - t0,
+        "n_train": len(train), "n_new": int(store.labels.count_documents({"loop_id": loop_id, "round": round_})),
+        "n_failed": len(missing), "failed_keys": [f["key"] for f in failures],
+        "model_id": model_id, "rmse": errors, "n_test": len(test),
+        "parity": {"F_ref": ref.tolist(), "F_pred": pred.tolist()},
+        "n_pool": len(candidates), "sigma_f": scores.tolist(), "max_sigma_f": max_s,
+        "median_sigma_f": float(np.median(scores)) if len(scores) else 0.0,
+        "threshold": settings.threshold, "criterion": settings.criterion,
+        "selected": selected, "converged": bool(converged),
+        "stop_reason": ("converged" if converged else "pool_exhausted" if exhausted
+                        else "max_rounds" if last else None),
+    }
+    store.put_round(doc)
+    if selected:
+        store.mark_selected(loop_id, selected, round_ + 1)
+    else:
+        store.set_loop_state(loop_id, "COMPLETED", stop_reason=doc["stop_reason"], final_model=model_id,
+                             final_round=round_)
+    log.info("loop %s round %d: n_train %d, F RMSE %s, max sigma %.4g, %s", loop_id, round_, len(train),
+             errors.get("F"), max_s, doc["stop_reason"] or f"selected {len(selected)}")
+    return doc

@@ -1,0 +1,92 @@
+"""Parameters of a hyperactive learning loop: one small, validated dataclass.
+
+The same settings travel as a plain dict in a Firework spec (and in the ready YAML
+files of ``workflows/``), so ``from_dict`` rejects unknown keys and bad values with a
+message naming the parameter: a typo in a workflow file fails the first Firework
+with that name in its error, instead of running a silently different loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from moire_al.errors import MoireALError
+
+MATERIALS = ("graphene", "hbn")
+LABELLERS = ("reference", "cp2k", "gpaw")
+CRITERIA = ("rel_force_unc", "max_force_std")
+
+
+class SettingsError(MoireALError, ValueError):
+    """A loop parameter is unknown or out of range."""
+
+
+@dataclass
+class LoopSettings:
+    material: str = "graphene"
+    pool: dict | str = "small"          # a PoolRecipe dict, or "small" / "paper"
+    labeller: str = "reference"
+    labeller_settings: dict = field(default_factory=dict)
+    model: dict = field(default_factory=dict)   # ACEModel hyperparameters (committee_size etc.)
+    n_initial: int = 10
+    n_test: int = 10
+    batch_size: int = 50
+    threshold: float = 0.02
+    criterion: str = "rel_force_unc"
+    max_rounds: int = 10
+    chunk_size: int = 1                 # structures per labelling Firework
+    seed: int = 0
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        def bad(name, why):
+            raise SettingsError(f"loop parameter '{name}': {why}")
+
+        if self.material not in MATERIALS:
+            bad("material", f"{self.material!r} is not one of {MATERIALS}")
+        if self.labeller not in LABELLERS:
+            bad("labeller", f"{self.labeller!r} is not one of {LABELLERS}")
+        if self.criterion not in CRITERIA:
+            bad("criterion", f"{self.criterion!r} is not one of {CRITERIA}")
+        if not isinstance(self.pool, (dict, str)):
+            bad("pool", "must be 'small', 'paper' or a PoolRecipe mapping")
+        if isinstance(self.pool, str) and self.pool not in ("small", "paper"):
+            bad("pool", f"{self.pool!r} is not 'small', 'paper' or a PoolRecipe mapping")
+        for name in ("n_initial", "batch_size", "max_rounds", "chunk_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                bad(name, f"must be a positive integer, got {v!r}")
+        if not isinstance(self.n_test, int) or self.n_test < 0:
+            bad("n_test", f"must be a non-negative integer, got {self.n_test!r}")
+        if not isinstance(self.threshold, (int, float)) or not self.threshold > 0:
+            bad("threshold", f"must be a positive number, got {self.threshold!r}")
+        if not isinstance(self.labeller_settings, dict):
+            bad("labeller_settings", "must be a mapping")
+        if not isinstance(self.model, dict):
+            bad("model", "must be a mapping of ACEModel hyperparameters")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LoopSettings":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise SettingsError(
+                f"unknown loop parameter(s) {', '.join(repr(k) for k in unknown)}; "
+                f"known: {', '.join(sorted(known))}")
+        return cls(**d)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def pool_recipe(self):
+        from moire_al.structures.pool import PoolRecipe
+
+        if isinstance(self.pool, dict):
+            try:
+                return PoolRecipe.from_dict(self.pool)
+            except (TypeError, ValueError) as exc:
+                raise SettingsError(f"loop parameter 'pool': {exc}") from exc
+        return PoolRecipe.small() if self.pool == "small" else PoolRecipe.paper()

@@ -1,0 +1,88 @@
+"""Firetasks of the hyperactive loop: thin wrappers over :mod:`moire_al.workflows.loop`.
+
+Each reads its spec, calls one library function on the store (which shares the
+LaunchPad's database), and returns an ``FWAction``. The dynamic steps (init, fit)
+add the next branch with ``FWAction(additions=...)`` only if the LaunchPad does
+not hold it already, so rerunning a finished step (``lpad rerun_fws``, lost-run
+recovery) never duplicates the rest of the loop.
+"""
+
+from __future__ import annotations
+
+import os
+
+from fireworks import FiretaskBase, FWAction, explicit_serialize
+
+from moire_al.store.mongo import Store
+from moire_al.workflows import loop
+from moire_al.workflows.settings import LoopSettings
+
+
+def _store(task) -> Store:
+    lp = getattr(task, "launchpad", None)
+    if lp is None:  # run outside a rocket (tests): the configured database
+        from moire_al.config import get_launchpad
+
+        lp = get_launchpad()
+    return Store.from_launchpad(lp)
+
+
+def _branch_exists(task, loop_id: str, round_: int) -> bool:
+    lp = getattr(task, "launchpad", None)
+    if lp is None:
+        return False
+    return lp.fireworks.count_documents(
+        {"spec._moire.loop_id": loop_id, "spec._moire.round": round_, "spec._moire.step": "fit"}) > 0
+
+
+def _next(task, settings: LoopSettings, loop_id: str, round_: int, hashes: list[str]) -> FWAction:
+    from moire_al.workflows.builders import round_branch
+
+    if _branch_exists(task, loop_id, round_):
+        return FWAction(stored_data={"branch": "exists", "round": round_})
+    return FWAction(additions=round_branch(settings, loop_id, round_, hashes),
+                    stored_data={"round": round_, "n_label": len(hashes)})
+
+
+@explicit_serialize
+class InitLoopTask(FiretaskBase):
+    """Make the pool, choose initial + test structures, add round 0."""
+
+    required_params = ["params"]
+    optional_params = ["loop_id"]
+
+    def run_task(self, fw_spec):
+        settings = LoopSettings.from_dict(self["params"])
+        loop_id = self.get("loop_id") or f"{settings.material}-{getattr(self, 'fw_id', 0)}"
+        info = loop.init_loop(_store(self), settings, loop_id)
+        return _next(self, settings, loop_id, 0, info["initial"] + info["test"])
+
+
+@explicit_serialize
+class LabelTask(FiretaskBase):
+    """Label a chunk of structures (skips those already labelled)."""
+
+    required_params = ["loop_id", "round", "hashes", "labeller", "labeller_settings"]
+
+    def run_task(self, fw_spec):
+        out = loop.label_structures(_store(self), self["loop_id"], self["round"], self["hashes"],
+                                    self["labeller"], self["labeller_settings"], os.getcwd())
+        return FWAction(stored_data=out)
+
+
+@explicit_serialize
+class FitRoundTask(FiretaskBase):
+    """Fit, test, score the pool, select; add the next round unless the loop stops."""
+
+    required_params = ["loop_id", "round", "params"]
+
+    def run_task(self, fw_spec):
+        settings = LoopSettings.from_dict(self["params"])
+        r = self["round"]
+        doc = loop.fit_round(_store(self), settings, self["loop_id"], r)
+        summary = {k: doc[k] for k in ("round", "n_train", "n_failed", "max_sigma_f", "stop_reason", "model_id")}
+        if not doc["selected"]:
+            return FWAction(stored_data=summary)
+        action = _next(self, settings, self["loop_id"], r + 1, doc["selected"])
+        action.stored_data.update(summary)
+        return action

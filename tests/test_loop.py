@@ -1,0 +1,261 @@
+"""The hyperactive loop through FireWorks on the real job database server.
+
+Labels come from the reference potential (fast, not DFT); the model is the real
+ACE + BLR committee with a small basis. Fault tests: a failing label, a worker
+killed mid-label, the database restarted between rounds, a finished step rerun,
+a bad parameter.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import yaml
+from fireworks import FWorker, Workflow
+from fireworks.core.rocket_launcher import launch_rocket, rapidfire
+
+from moire_al.store.mongo import Store
+from moire_al.workflows.builders import (
+    READY_LOOPS, hyperactive_loop, ready_workflows, workflow_file_dict, workflow_files_dir,
+)
+from moire_al.workflows.manage import resume, status_table
+from moire_al.workflows.settings import LoopSettings, SettingsError
+
+WORKER = FWorker(name="test", category=["dft", "fit", "analysis"])
+FAIL_ENV = "MOIRE_AL_REFERENCE_FAIL_ON"
+
+# About 17 candidates of <= 56 atoms: rattled 1x1/2x2 monolayers, locally twisted
+# bilayers in the 28-atom 21.79° and untwisted 2x2 cells, two trilayers.
+TINY_POOL = {
+    "monolayer_sizes": [1, 2], "n_rattled_per_size": 5, "n_local_angles": 3,
+    "bilayer_cells": [[1, 1]], "bilayer_supercell": 2, "max_shifts_per_angle": 2,
+    "zero_angle_grid": 1, "n_trilayers": 2, "n_quadrilayers": 0, "n_pentalayers": 0,
+    "multilayer_cells": [[1, 1]], "multilayer_supercell": None,
+}
+TINY_MODEL = {"order": 2, "totaldegree": 6, "rcut": 5.0, "committee_size": 8}
+
+
+def tiny_settings(**kw) -> LoopSettings:
+    base = dict(material="graphene", pool=TINY_POOL, model=TINY_MODEL, n_initial=4, n_test=3,
+                batch_size=3, max_rounds=3, threshold=1e-9, seed=1)
+    return LoopSettings(**{**base, **kw})
+
+
+def add_loop(lp, settings, loop_id="L") -> int:
+    ids = lp.add_wf(hyperactive_loop(settings, loop_id=loop_id))
+    return min(ids.values())
+
+
+def run_all(lp):
+    rapidfire(lp, WORKER, nlaunches=0, sleep_time=0, max_loops=1)
+
+
+def fit_fws(lp, loop_id="L"):
+    return list(lp.fireworks.find({"spec._moire.loop_id": loop_id, "spec._moire.step": "fit"},
+                                  {"fw_id": 1, "state": 1, "spec._moire.round": 1}))
+
+
+def assert_labelled_once(store, loop_id="L"):
+    """Every selected or test structure has exactly one label and was labelled once."""
+    members = list(store.members.find({"loop_id": loop_id,
+                                       "$or": [{"selected_round": {"$ne": None}}, {"role": "test"}]}))
+    assert members
+    for m in members:
+        assert m.get("label_runs", 0) >= 1, m
+    n_labels = store.labels.count_documents({"loop_id": loop_id})
+    assert n_labels == len(members)
+    assert len(store.labels.distinct("key", {"loop_id": loop_id})) == n_labels
+    return members
+
+
+# ---------------------------------------------------------------- parameters and files
+
+
+def test_unknown_parameter_is_named():
+    with pytest.raises(SettingsError, match="batch_sise"):
+        LoopSettings.from_dict({"batch_sise": 5})
+    with pytest.raises(SettingsError, match="'threshold'"):
+        LoopSettings(threshold=-1)
+
+
+def test_yaml_workflow_files_agree_with_builder():
+    ready = ready_workflows()
+    assert set(READY_LOOPS) < set(ready)
+    assert {p.stem for p in workflow_files_dir().glob("*.yaml")} == set(ready)
+    for stem, wf in ready.items():
+        path = workflow_files_dir() / f"{stem}.yaml"
+        assert yaml.safe_load(path.read_text()) == workflow_file_dict(wf), \
+            f"{path} differs from the builder: run moire_al.workflows.builders.write_workflow_files()"
+
+
+def test_bad_parameter_fizzles_first_firework_naming_it(launchpad, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    d = workflow_file_dict(hyperactive_loop(tiny_settings()))
+    d["fws"][0]["spec"]["_tasks"][0]["params"]["batch_sise"] = 5
+    wf_id = min(launchpad.add_wf(Workflow.from_dict(d)).values())
+    launch_rocket(launchpad, WORKER)
+    fw = launchpad.get_fw_by_id(wf_id)
+    assert fw.state == "FIZZLED"
+    trace = fw.launches[-1].action.stored_data["_exception"]["_stacktrace"]
+    assert "batch_sise" in trace
+
+
+def test_loop_add_cli_rejects_bad_yaml(tmp_path, launchpad_file, bin_dir):
+    d = workflow_file_dict(hyperactive_loop(tiny_settings()))
+    d["fws"][0]["spec"]["_tasks"][0]["params"]["threshhold"] = 0.1
+    f = tmp_path / "bad.yaml"
+    f.write_text(yaml.safe_dump(d))
+    r = subprocess.run([str(bin_dir / "moire-al"), "loop", str(f), "-l", str(launchpad_file)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "threshhold" in r.stderr
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def test_loop_runs_rounds_and_labels_each_structure_once(launchpad, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    settings = tiny_settings()
+    add_loop(launchpad, settings)
+    run_all(launchpad)
+    store = Store.from_launchpad(launchpad)
+    rounds = store.get_rounds("L")
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    assert [r["n_train"] for r in rounds] == [4, 7, 10]
+    for r in rounds:
+        assert r["n_failed"] == 0 and r["n_test"] == 3
+        assert 0 < r["rmse"]["F"] < 5 and r["rmse"]["E_meV_atom"] >= 0
+        assert r["max_sigma_f"] >= r["median_sigma_f"] > 0
+        assert len(r["sigma_f"]) == r["n_pool"]
+        assert len(r["parity"]["F_ref"]) == len(r["parity"]["F_pred"]) > 0
+    # The batch chosen in round r is what round r+1 trained on, and it was the most uncertain.
+    assert len(rounds[0]["selected"]) == 3 and rounds[-1]["selected"] == []
+    assert rounds[-1]["stop_reason"] == "max_rounds" and rounds[-1]["n_pool"] > 0
+    s0 = sorted(rounds[0]["sigma_f"], reverse=True)
+    assert min(s0[:3]) >= max(s0[3:], default=0)
+    assert store.loops.find_one({"loop_id": "L"})["state"] == "COMPLETED"
+    members = assert_labelled_once(store)
+    assert all(m["label_runs"] == 1 for m in members)
+    assert len(members) == 10 + 3
+    assert {d["state"] for d in launchpad.fireworks.find({})} == {"COMPLETED"}
+    assert "max_rounds" in status_table(store, "L")
+    # Models of every round are in GridFS and load in this process.
+    from moire_al.models import ACEModel
+
+    model = ACEModel.load(store.get_model_dir(rounds[-1]["model_id"], tmp_path / "m"))
+    assert model.score(store.get_structures(store.member_hashes("L", role="test"))).shape == (3,)
+
+
+def test_stops_when_pool_is_used_up(launchpad, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    add_loop(launchpad, tiny_settings(batch_size=50, max_rounds=5))
+    run_all(launchpad)
+    rounds = Store.from_launchpad(launchpad).get_rounds("L")
+    assert [r["stop_reason"] for r in rounds] == [None, "pool_exhausted"]
+    assert rounds[1]["n_pool"] == 0 and not rounds[1]["converged"]
+
+
+def test_converges_when_threshold_reached(launchpad, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    add_loop(launchpad, tiny_settings(threshold=1e6, max_rounds=5))
+    run_all(launchpad)
+    rounds = Store.from_launchpad(launchpad).get_rounds("L")
+    assert len(rounds) == 1 and rounds[0]["converged"] and rounds[0]["stop_reason"] == "converged"
+
+
+def test_failed_label_fizzles_alone_and_resume_lands_it_once(launchpad, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    add_loop(launchpad, tiny_settings(max_rounds=2))
+    launch_rocket(launchpad, WORKER)  # init: pool + initial selection
+    store = Store.from_launchpad(launchpad)
+    victim = store.member_hashes("L", role="pool", selected=True, upto_round=0)[0]
+    monkeypatch.setenv(FAIL_ENV, victim)
+    run_all(launchpad)
+    fizzled = launchpad.get_fw_ids({"state": "FIZZLED"})
+    assert len(fizzled) == 1
+    assert launchpad.get_fw_by_id(fizzled[0]).spec["_tasks"][0]["hashes"] == [victim]
+    rounds = store.get_rounds("L")
+    assert [r["n_failed"] for r in rounds] == [1, 1] and rounds[0]["n_train"] == 3
+    assert len(rounds[0]["failed_keys"]) == 1 and rounds[0]["failed_keys"][0].startswith(victim)
+    assert store.loops.find_one({"loop_id": "L"})["state"] == "COMPLETED"
+    n_completed = launchpad.get_fw_ids({"state": "COMPLETED"}, count_only=True)
+
+    monkeypatch.delenv(FAIL_ENV)
+    out = resume(launchpad, "L")
+    assert out["rerun"] == fizzled and out["refit_loops"] == ["L"]
+    # Only the fizzled Firework was rerun: nothing that completed was reset.
+    assert launchpad.get_fw_ids({"state": "COMPLETED"}, count_only=True) == n_completed
+    run_all(launchpad)
+    assert launchpad.get_fw_ids({"state": "FIZZLED"}) == []
+    members = assert_labelled_once(store)
+    runs = {m["hash"]: m["label_runs"] for m in members}
+    assert runs[victim] == 2 and all(v == 1 for h, v in runs.items() if h != victim)
+    final = store.get_rounds("L")[-1]
+    assert final["round"] == 2 and final["n_failed"] == 0
+    assert final["n_train"] == rounds[-1]["n_train"] + 1  # the refit picked the label up
+    assert store.failures.find_one({"key": rounds[0]["failed_keys"][0]})["resolved"] is True
+
+
+def test_worker_killed_mid_label_is_recovered_without_duplicates(launchpad, launchpad_file, tmp_path,
+                                                                 monkeypatch, bin_dir):
+    monkeypatch.chdir(tmp_path)
+    add_loop(launchpad, tiny_settings(max_rounds=1))
+    launch_rocket(launchpad, WORKER)  # init
+    fworker = tmp_path / "fw.yaml"
+    fworker.write_text(yaml.safe_dump({"name": "victim", "category": "dft", "query": "{}"}))
+    proc = subprocess.Popen([str(bin_dir / "rlaunch"), "-l", str(launchpad_file), "-w", str(fworker), "singleshot"],
+                            cwd=tmp_path, env={**os.environ, "MOIRE_AL_REFERENCE_SLEEP": "60"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while not launchpad.get_fw_ids({"state": "RUNNING"}) and time.time() < deadline:
+            time.sleep(0.2)
+        running = launchpad.get_fw_ids({"state": "RUNNING"})
+        assert len(running) == 1
+        time.sleep(1.0)  # inside the labeller's sleep
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert launchpad.get_fw_by_id(running[0]).state == "RUNNING"  # nobody told the database
+    lost_launches, lost_fws, _ = launchpad.detect_lostruns(expiration_secs=0, rerun=True)
+    assert lost_fws == running
+    run_all(launchpad)
+    store = Store.from_launchpad(launchpad)
+    assert {d["state"] for d in launchpad.fireworks.find({})} == {"COMPLETED"}
+    assert_labelled_once(store)
+    assert store.get_rounds("L")[-1]["n_train"] == 4
+
+
+def test_loop_continues_after_database_restart(launchpad, db_server, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    add_loop(launchpad, tiny_settings(max_rounds=2))
+    store = Store.from_launchpad(launchpad)
+    while not store.get_rounds("L") or "n_train" not in store.get_rounds("L")[0]:
+        assert launch_rocket(launchpad, WORKER)
+    db_server.restart()
+    run_all(launchpad)
+    rounds = store.get_rounds("L")
+    assert [r["round"] for r in rounds] == [0, 1] and rounds[-1]["stop_reason"] == "max_rounds"
+    assert_labelled_once(store)
+
+
+def test_rerun_of_finished_fit_does_not_duplicate_branch(launchpad, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    add_loop(launchpad, tiny_settings(max_rounds=2))
+    run_all(launchpad)
+    n_fws = launchpad.fireworks.count_documents({})
+    store = Store.from_launchpad(launchpad)
+    labels_before = store.labels.count_documents({})
+    fit0 = [d["fw_id"] for d in fit_fws(launchpad) if d["spec"]["_moire"]["round"] == 0]
+    launchpad.rerun_fw(fit0[0])  # as `lpad rerun_fws -i <id>` does: reruns its descendants too
+    run_all(launchpad)
+    assert launchpad.fireworks.count_documents({}) == n_fws
+    assert sorted(d["spec"]["_moire"]["round"] for d in fit_fws(launchpad)) == [0, 1]
+    assert {d["state"] for d in launchpad.fireworks.find({})} == {"COMPLETED"}
+    assert store.labels.count_documents({}) == labels_before
+    members = assert_labelled_once(store)
+    assert all(m["label_runs"] == 1 for m in members)
