@@ -1,0 +1,123 @@
+"""``moire-al label``: batch labelling, resumable, written atomically.
+
+Only stdlib imports at module top; the labellers load inside the handler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "label",
+        help="label structures with a DFT code or the reference potential",
+        description=(
+            "Label every structure in IN with LABELLER and write them to OUT (extxyz, REF_ "
+            "keys). Resumable: structures already in OUT (same label key = structure + "
+            "settings) are skipped, failures (OUT.failures.json) are retried. OUT is "
+            "rewritten atomically after each structure."
+        ),
+    )
+    p.add_argument("input", help="structures (extxyz or anything ase reads)")
+    p.add_argument("-o", "--output", required=True, help="labelled structures (extxyz)")
+    p.add_argument("--labeller", default="cp2k",
+                   choices=["reference", "cp2k", "gpaw", "vasp-inputs"])
+    p.add_argument("--settings", help="JSON (or YAML) file with labeller settings")
+    p.add_argument("--workdir", default=None, help="run directories (default: OUT.runs/)")
+    p.set_defaults(func=handler)
+
+
+def _read_settings(path):
+    if not path:
+        return None
+    with open(path) as fh:
+        text = fh.read()
+    try:
+        return json.loads(text)
+    except ValueError:
+        import yaml
+
+        return yaml.safe_load(text)
+
+
+def _read_input(path):
+    from moire_al.errors import StructureError
+
+    try:
+        from moire_al.structures import read_structures  # validates
+    except ImportError:
+        read_structures = None
+    if read_structures is not None:
+        return read_structures(path)
+    import ase.io
+
+    from moire_al.labelling.base import check_structure
+
+    try:
+        images = ase.io.read(path, ":")
+    except Exception as exc:
+        raise StructureError(f"cannot read {path}: {exc}") from exc
+    for i, at in enumerate(images):
+        check_structure(at, f"#{i} of {path}")
+    return images
+
+
+def _atomic_write(path, images):
+    import ase.io
+
+    tmp = f"{path}.tmp.{os.getpid()}"
+    ase.io.write(tmp, images, format="extxyz")
+    os.replace(tmp, path)
+
+
+def _atomic_json(path, data):
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as fh:
+        json.dump(data, fh, indent=1)
+    os.replace(tmp, path)
+
+
+def handler(args) -> int:
+    import ase.io
+    from tqdm import tqdm
+
+    from moire_al import conventions as conv
+    from moire_al.labelling import get_labeller
+    from moire_al.labelling.base import LabelFailure, structure_name
+
+    labeller = get_labeller(args.labeller, _read_settings(args.settings))
+    images = _read_input(args.input)
+    workdir = args.workdir or f"{args.output}.runs"
+    fail_path = f"{args.output}.failures.json"
+
+    done = []
+    if os.path.exists(args.output) and os.path.getsize(args.output) > 0:
+        done = ase.io.read(args.output, ":", format="extxyz")
+    done_keys = {at.info.get("label_key") for at in done}
+    failures = {}
+    n_new = n_fail = 0
+    for atoms in tqdm(images, desc=f"label ({labeller.name})", unit="structure"):
+        key = conv.label_key(atoms, labeller.name, labeller.settings)
+        if key in done_keys:
+            continue
+        run_dir = os.path.join(workdir, f"{labeller.name}-{conv.structure_hash(atoms)}")
+        result = labeller.label(atoms, run_dir)
+        if isinstance(result, LabelFailure):
+            failures[key] = result.as_dict() | {"structure": structure_name(atoms)}
+            n_fail += 1
+            _atomic_json(fail_path, list(failures.values()))
+            continue
+        done.append(result.apply_to(atoms))
+        done_keys.add(key)
+        n_new += 1
+        _atomic_write(args.output, done)
+    if failures:
+        _atomic_json(fail_path, list(failures.values()))
+    elif os.path.exists(fail_path):
+        os.remove(fail_path)
+    print(f"labelled {n_new} new, {len(done)} in {args.output}, {n_fail} failed"
+          + (f" (see {fail_path})" if n_fail else ""))
+    return 1 if n_fail else 0

