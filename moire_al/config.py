@@ -68,3 +68,15 @@ def get_launchpad(launchpad_file: str | os.PathLike | None = None):
     if launchpad_file:
         return LaunchPad.from_file(str(launchpad_file))
     return LaunchPad.from_dict(launchpad_dict())
+
+
+def ensure_initialized(lp) -> bool:
+    """Initialise a LaunchPad that was never set up (no id counters, no workflows).
+
+    Returns True when it did. A database that holds anything is never reset.
+    """
+    if lp.fw_id_assigner.count_documents({}) or lp.workflows.count_documents({}) or \
+            lp.fireworks.count_documents({}):
+        return False
+    lp.reset("", require_password=False, max_reset_wo_password=0)
+    return True

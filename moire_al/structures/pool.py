@@ -92,10 +92,40 @@ class PoolRecipe:
         return cls(**kw)
 
 
+# A rattled candidate keeps every pair at least this fraction of the unrattled
+# cell's shortest distance (the bond length) apart: at the seed's largest amplitude (0.15 d_AB per coordinate) an unguarded
+# draw puts atoms 0.5 Å apart, which no labeller can (or should) compute.
+MIN_RATTLE_DIST = 0.7
+MAX_RATTLE_TRIES = 200
+
+
+def _min_distance(atoms) -> float:
+    from ase.neighborlist import neighbor_list
+
+    d = neighbor_list("d", atoms, 1.5)
+    return float(d.min()) if len(d) else np.inf
+
+
 def _rattle(atoms, std, rng):
-    if std > 0:
-        atoms.positions += rng.normal(0.0, std, size=(len(atoms), 3))
-        atoms.wrap()
+    """Add N(0, std²) to every coordinate; atoms left too close to another are redrawn."""
+    from ase.neighborlist import neighbor_list
+
+    if std <= 0:
+        return atoms
+    d_min = MIN_RATTLE_DIST * _min_distance(atoms)  # unrattled shortest distance = bond length
+    start = atoms.positions.copy()
+    disp = rng.normal(0.0, std, size=(len(atoms), 3))
+    for _ in range(MAX_RATTLE_TRIES):
+        atoms.positions = start + disp
+        i, j = neighbor_list("ij", atoms, d_min)
+        if len(i) == 0:
+            break
+        bad = np.unique(np.concatenate([i, j]))
+        disp[bad] = rng.normal(0.0, std, size=(len(bad), 3))
+    else:
+        raise StructureError(f"could not rattle a {len(atoms)}-atom cell with std {std:.3f} Å without "
+                             f"atoms closer than {MIN_RATTLE_DIST} x the bond length")
+    atoms.wrap()
     return atoms
 
 

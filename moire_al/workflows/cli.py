@@ -86,7 +86,10 @@ def _cmd_loop_add(args) -> int:
         settings = LoopSettings.from_dict({"material": args.material, "labeller": args.labeller,
                                            **_parse_sets(args.set)})
         wf = hyperactive_loop(settings)
+    from moire_al.config import ensure_initialized
+
     lp = get_launchpad(args.launchpad)
+    ensure_initialized(lp)
     ids = lp.add_wf(wf)
     print(f"added workflow '{wf.name}' (fw ids {sorted(ids.values())}); run workers with "
           f"`rlaunch -l launchpad.yaml -w fworkers/all.yaml rapidfire`")
@@ -140,8 +143,12 @@ def _cmd_suite(args) -> int:
     from moire_al.config import get_launchpad
     from moire_al.workflows.analysis import analysis_workflow
 
+    from moire_al.config import ensure_initialized
+
     wf = analysis_workflow(args.material, model_id=args.model, quick=args.quick)
-    ids = get_launchpad(args.launchpad).add_wf(wf)
+    lp = get_launchpad(args.launchpad)
+    ensure_initialized(lp)
+    ids = lp.add_wf(wf)
     print(f"added '{wf.name}': {len(ids)} analysis fireworks; run `rlaunch -l launchpad.yaml "
           "-w fworkers/analysis.yaml rapidfire`")
     return 0

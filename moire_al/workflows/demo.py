@@ -29,6 +29,8 @@ def run_demo(material: str = "graphene", labeller: str = "reference", max_rounds
         info = dbserver.start()
         print(f"job database: {info.uri} (data in {info.path})", flush=True)
     lp = config.get_launchpad()
+    if config.ensure_initialized(lp):
+        print("initialised the new job database (FireWorks ids)", flush=True)
     store = Store.from_launchpad(lp)
 
     stamp = time.strftime("%Y%m%d-%H%M%S")

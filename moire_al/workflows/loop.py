@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from moire_al.conventions import label_key
-from moire_al.errors import LabelError
+from moire_al.errors import LabelError, MoireALError
 from moire_al.store.mongo import Store, utcnow
 from moire_al.workflows.settings import LoopSettings
 
@@ -126,7 +126,7 @@ def label_structures(store: Store, loop_id: str, round_: int, hashes: list[str],
         store.members.update_one({"loop_id": loop_id, "hash": h}, {"$inc": {"label_runs": 1}})
         try:
             result = labeller.label(atoms, str(workdir))
-        except LabelError as exc:
+        except MoireALError as exc:  # bad structure, missing code, a crash the labeller reports
             result = None
             failure = {"key": key, "structure_hash": h, "labeller": labeller.name,
                        "settings": labeller.settings, "error_type": type(exc).__name__, "message": str(exc)}

@@ -1,0 +1,23 @@
+"""Candidate pools never contain (near-)overlapping atoms, even at the largest rattle."""
+
+import numpy as np
+import pytest
+from ase.neighborlist import neighbor_list
+
+from moire_al.structures import make_pool
+from moire_al.structures.lattice import bond_length, material_info
+
+
+@pytest.mark.parametrize("material", ["graphene", "hbn"])
+def test_pool_keeps_atoms_apart(material):
+    _, a, _, _ = material_info(material)
+    d_bond = bond_length(a)
+    worst = np.inf
+    for seed in (0, 3):
+        for atoms in make_pool(material, seed=seed):
+            d = neighbor_list("d", atoms, 1.5)
+            worst = min(worst, d.min())
+    assert worst >= 0.7 * d_bond - 1e-9
+    # ... and the largest rattles really are large (the guard did not just shrink them).
+    rattled = [at for at in make_pool(material, seed=0) if at.info["generator"] == "rattled_monolayer"]
+    assert max(np.abs(at.positions[:, 2] - np.median(at.positions[:, 2])).max() for at in rattled) > 0.3
