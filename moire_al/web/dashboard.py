@@ -22,6 +22,9 @@ from typing import Any
 
 from flask import Blueprint, Response, abort, current_app, jsonify, render_template, request
 
+from moire_al.workflows import report
+from moire_al.workflows.report import _num, _rmse
+
 blueprint = Blueprint("learning", __name__, url_prefix="/learning", template_folder="templates")
 
 PLOTS = ("learning_curve", "sigma_f", "parity")
@@ -81,29 +84,6 @@ def _rounds(loop_id: str, fields: list[str] | None = None) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- values
-
-
-def _num(value: Any, default: float | None = None) -> float | None:
-    """``value`` as a finite float, else ``default``."""
-    if isinstance(value, bool) or value is None:
-        return default
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return default
-    return x if math.isfinite(x) else default
-
-
-def _rmse(doc: dict, key: str) -> float | None:
-    rmse = doc.get("rmse")
-    return _num(rmse.get(key)) if isinstance(rmse, dict) else None
-
-
-def _floats(values: Any) -> list[float]:
-    if not isinstance(values, (list, tuple)):
-        return []
-    out = (_num(v) for v in values)
-    return [v for v in out if v is not None]
 
 
 @blueprint.app_template_filter("al_num")
@@ -259,26 +239,19 @@ def _jsonable(obj: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- plots
-
-
-def _figure(width: float = 9.0, height: float = 4.0):
-    from matplotlib.figure import Figure  # no pyplot: thread-safe, Agg canvas below
-
-    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+# The figures themselves live in moire_al.workflows.report (shared with the report).
 
 
 def _png(fig) -> Response:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
     buf = io.BytesIO()
-    FigureCanvasAgg(fig).print_png(buf)
+    report.save_png(fig, buf)
     resp = Response(buf.getvalue(), mimetype="image/png")
     resp.headers["Cache-Control"] = "no-store"
     return resp
 
 
 def _placeholder(message: str, width: float = 6.0, height: float = 3.0) -> Response:
-    fig = _figure(width, height)
+    fig = report._figure(width, height)
     ax = fig.add_subplot()
     ax.set_axis_off()
     ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=13, color="0.4",
@@ -290,94 +263,16 @@ def _placeholder(message: str, width: float = 6.0, height: float = 3.0) -> Respo
 def learning_curve_png(loop_id: str):
     _get_loop(loop_id)
     docs = _rounds(loop_id, ["round", "n_train", "rmse", "max_sigma_f", "median_sigma_f", "threshold"])
-    if not docs:
-        return _placeholder("no rounds yet")
-    fig = _figure(10.0, 4.0)
-    ax1, ax2 = fig.subplots(1, 2)
-
-    labels = (("F", "all", "o-"), ("F_inplane", "in-plane", "s--"), ("F_outofplane", "out-of-plane", "^--"))
-    drawn = False
-    for key, label, style in labels:
-        pts = [(_num(d.get("n_train")), _rmse(d, key)) for d in docs]
-        pts = [(n, r) for n, r in pts if n is not None and r is not None]
-        if pts:
-            ax1.plot(*zip(*pts), style, label=label, ms=5)
-            drawn = True
-    if drawn:
-        ax1.legend(fontsize=8)
-        xs = [n for d in docs if (n := _num(d.get("n_train"))) and n > 0]
-        if xs and max(xs) / min(xs) > 20:
-            ax1.set_xscale("log")
-    else:
-        ax1.text(0.5, 0.5, "no test RMSE yet", ha="center", va="center", transform=ax1.transAxes)
-    ax1.set_xlabel("training structures")
-    ax1.set_ylabel("force RMSE (eV/Å)")
-    ax1.set_title("learning curve (held-out test split)")
-    ax1.grid(alpha=0.3)
-
-    rounds = [_num(d.get("round")) for d in docs]
-    for key, label, style in (("max_sigma_f", "max σ_F", "o-"), ("median_sigma_f", "median σ_F", "s:")):
-        pts = [(r, _num(d.get(key))) for r, d in zip(rounds, docs)]
-        pts = [(r, v) for r, v in pts if r is not None and v is not None]
-        if pts:
-            ax2.plot(*zip(*pts), style, label=label, ms=5)
-    _threshold_line(ax2, docs)
-    ax2.set_xlabel("round")
-    ax2.set_ylabel("relative force uncertainty σ_F")
-    ax2.set_title("committee uncertainty of the pool")
-    _integer_xaxis(ax2)
-    ax2.grid(alpha=0.3)
-    if ax2.get_legend_handles_labels()[0]:
-        ax2.legend(fontsize=8)
-    return _png(fig)
-
-
-def _threshold_line(ax, docs: list[dict]) -> None:
-    pts = [(_num(d.get("round")), _num(d.get("threshold"))) for d in docs]
-    pts = [(r, t) for r, t in pts if r is not None and t is not None]
-    if not pts:
-        return
-    values = {t for _, t in pts}
-    if len(values) == 1:
-        ax.axhline(values.pop(), color="C3", ls="--", lw=1.2, label="threshold")
-    else:
-        ax.step(*zip(*pts), where="mid", color="C3", ls="--", lw=1.2, label="threshold")
-
-
-def _integer_xaxis(ax) -> None:
-    from matplotlib.ticker import MaxNLocator
-
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig = report.learning_curve_figure(docs)
+    return _png(fig) if fig is not None else _placeholder("no rounds yet")
 
 
 @blueprint.route("/<loop_id>/sigma_f.png")
 def sigma_f_png(loop_id: str):
     _get_loop(loop_id)
     docs = _rounds(loop_id, ["round", "sigma_f", "threshold"])
-    data = [(_num(d.get("round")), _floats(d.get("sigma_f"))) for d in docs]
-    data = [(r, v) for r, v in data if r is not None and v]
-    if not data:
-        return _placeholder("no σ_F scores yet" if docs else "no rounds yet")
-    fig = _figure(max(6.0, min(14.0, 3.0 + 0.5 * len(data))), 4.0)
-    ax = fig.add_subplot()
-    positions = [r for r, _ in data]
-    ax.boxplot([v for _, v in data], positions=positions, widths=0.6, showfliers=True,
-               flierprops={"markersize": 2, "alpha": 0.4})
-    step = max(1, len(positions) // 20)
-    ax.set_xticks(positions[::step], [_fmt_num(int(r)) for r in positions[::step]])
-    _threshold_line(ax, docs)
-    allv = [x for _, v in data for x in v]
-    pos = [x for x in allv if x > 0]
-    if pos and len(pos) == len(allv) and max(pos) / min(pos) > 100:
-        ax.set_yscale("log")
-    ax.set_xlim(min(positions) - 0.7, max(positions) + 0.7)
-    ax.set_xlabel("round")
-    ax.set_ylabel("σ_F of scored candidates")
-    ax.set_title("pool uncertainty per round")
-    ax.grid(alpha=0.3, axis="y")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
-    return _png(fig)
+    fig = report.sigma_f_figure(docs)
+    return _png(fig) if fig is not None else _placeholder("no σ_F scores yet" if docs else "no rounds yet")
 
 
 @blueprint.route("/<loop_id>/parity.png")
@@ -385,34 +280,5 @@ def parity_png(loop_id: str):
     """Force parity of the latest round with parity data (or ``?round=N``)."""
     _get_loop(loop_id)
     docs = _rounds(loop_id, ["round", "parity", "rmse"])
-    want = request.args.get("round", type=int)
-    chosen, ref, pred = None, [], []
-    for d in reversed(docs):
-        if want is not None and _num(d.get("round")) != want:
-            continue
-        par = d.get("parity") if isinstance(d.get("parity"), dict) else {}
-        pairs = [(_num(a), _num(b)) for a, b in zip(par.get("F_ref") or [], par.get("F_pred") or [])]
-        pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
-        if pairs:
-            chosen = d
-            ref, pred = (list(x) for x in zip(*pairs))
-            break
-    if chosen is None:
-        return _placeholder("no parity data yet" if docs else "no rounds yet")
-    fig = _figure(5.0, 5.0)
-    ax = fig.add_subplot()
-    ax.scatter(ref, pred, s=4, alpha=0.5, lw=0)
-    lo, hi = min(min(ref), min(pred)), max(max(ref), max(pred))
-    pad = 0.05 * (hi - lo or 1.0)
-    ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="0.3", lw=1)
-    ax.set_xlim(lo - pad, hi + pad)
-    ax.set_ylim(lo - pad, hi + pad)
-    ax.set_aspect("equal")
-    rmse = math.sqrt(sum((a - b) ** 2 for a, b in zip(ref, pred)) / len(ref))
-    ax.text(0.04, 0.96, f"RMSE {rmse:.3f} eV/Å\n{len(ref)} components", transform=ax.transAxes,
-            va="top", fontsize=9, bbox={"fc": "white", "ec": "0.8"})
-    ax.set_xlabel("reference force (eV/Å)")
-    ax.set_ylabel("ACE force (eV/Å)")
-    ax.set_title(f"force parity, round {_fmt_num(chosen.get('round'))}")
-    ax.grid(alpha=0.3)
-    return _png(fig)
+    fig = report.parity_figure(docs, request.args.get("round", type=int))
+    return _png(fig) if fig is not None else _placeholder("no parity data yet" if docs else "no rounds yet")

@@ -1,91 +1,195 @@
 """Figures of a learning loop, from its round documents (see docs/interfaces.md).
 
-Used for the report the demo writes and by the web dashboard, so both show the
-same plots.
+One implementation for the web dashboard (``/learning``) and the report the demo
+and ``moire-al report`` write. The functions take round documents (any subset of
+fields; missing or non-finite values are skipped) and return a matplotlib
+``Figure`` (no pyplot: safe in gunicorn threads), or None when there is nothing
+to draw yet.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-
-import numpy as np
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from typing import Any
 
 
-def learning_curve_figure(rounds: list[dict]):
-    """Force RMSE (held-out) vs training-set size, and max σ_F vs round with the threshold."""
-    plt = _plt()
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.6))
-    n = [r["n_train"] for r in rounds]
-    f = [(r.get("rmse") or {}).get("F", np.nan) for r in rounds]
-    a1.plot(n, f, "o-")
-    a1.set_xlabel("labelled structures in training set")
-    a1.set_ylabel("force RMSE, test split (eV/Å)")
-    a1.set_title("learning curve")
-    r = [d["round"] for d in rounds]
-    a2.semilogy(r, [max(d.get("max_sigma_f", 0), 1e-12) for d in rounds], "o-", label="max over pool")
-    a2.semilogy(r, [max(d.get("median_sigma_f", 0), 1e-12) for d in rounds], "s--", label="median")
-    if rounds:
-        a2.axhline(rounds[-1].get("threshold", np.nan), color="k", lw=0.8, ls=":", label="threshold")
-    a2.set_xlabel("round")
-    a2.set_ylabel("committee uncertainty σ_F")
-    a2.legend(fontsize=8)
-    fig.tight_layout()
+def _figure(width: float = 9.0, height: float = 4.0):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def save_png(fig, target) -> None:
+    """Write ``fig`` as PNG to a path or a binary file object."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig).print_png(target)
+
+
+def _num(value: Any, default: float | None = None) -> float | None:
+    """``value`` as a finite float, else ``default``."""
+    if isinstance(value, bool) or value is None:
+        return default
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return default
+    return x if math.isfinite(x) else default
+
+
+def _rmse(doc: dict, key: str) -> float | None:
+    rmse = doc.get("rmse")
+    return _num(rmse.get(key)) if isinstance(rmse, dict) else None
+
+
+def _floats(values: Any) -> list[float]:
+    if not isinstance(values, (list, tuple)):
+        return []
+    out = (_num(v) for v in values)
+    return [v for v in out if v is not None]
+
+
+def _fmt_round(value: Any) -> str:
+    x = _num(value)
+    return "-" if x is None else str(int(x))
+
+
+def learning_curve_figure(docs: list[dict]):
+    """Force RMSE on the test split vs training-set size; pool σ_F vs round with the threshold."""
+    if not docs:
+        return None
+    fig = _figure(10.0, 4.0)
+    ax1, ax2 = fig.subplots(1, 2)
+
+    labels = (("F", "all", "o-"), ("F_inplane", "in-plane", "s--"), ("F_outofplane", "out-of-plane", "^--"))
+    drawn = False
+    for key, label, style in labels:
+        pts = [(_num(d.get("n_train")), _rmse(d, key)) for d in docs]
+        pts = [(n, r) for n, r in pts if n is not None and r is not None]
+        if pts:
+            ax1.plot(*zip(*pts), style, label=label, ms=5)
+            drawn = True
+    if drawn:
+        ax1.legend(fontsize=8)
+        xs = [n for d in docs if (n := _num(d.get("n_train"))) and n > 0]
+        if xs and max(xs) / min(xs) > 20:
+            ax1.set_xscale("log")
+    else:
+        ax1.text(0.5, 0.5, "no test RMSE yet", ha="center", va="center", transform=ax1.transAxes)
+    ax1.set_xlabel("training structures")
+    ax1.set_ylabel("force RMSE (eV/Å)")
+    ax1.set_title("learning curve (held-out test split)")
+    ax1.grid(alpha=0.3)
+
+    rounds = [_num(d.get("round")) for d in docs]
+    for key, label, style in (("max_sigma_f", "max σ_F", "o-"), ("median_sigma_f", "median σ_F", "s:")):
+        pts = [(r, _num(d.get(key))) for r, d in zip(rounds, docs)]
+        pts = [(r, v) for r, v in pts if r is not None and v is not None]
+        if pts:
+            ax2.plot(*zip(*pts), style, label=label, ms=5)
+    _threshold_line(ax2, docs)
+    ax2.set_xlabel("round")
+    ax2.set_ylabel("relative force uncertainty σ_F")
+    ax2.set_title("committee uncertainty of the pool")
+    _integer_xaxis(ax2)
+    ax2.grid(alpha=0.3)
+    if ax2.get_legend_handles_labels()[0]:
+        ax2.legend(fontsize=8)
     return fig
 
 
-def sigma_f_figure(rounds: list[dict]):
-    """Distribution of the pool's σ_F in each round."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    data = [np.asarray(d.get("sigma_f") or [np.nan], dtype=float) for d in rounds]
-    data = [np.clip(x, 1e-9, None) for x in data]
-    if rounds:
-        ax.boxplot(data, positions=[d["round"] for d in rounds], widths=0.6)
+def _threshold_line(ax, docs: list[dict]) -> None:
+    pts = [(_num(d.get("round")), _num(d.get("threshold"))) for d in docs]
+    pts = [(r, t) for r, t in pts if r is not None and t is not None]
+    if not pts:
+        return
+    values = {t for _, t in pts}
+    if len(values) == 1:
+        ax.axhline(values.pop(), color="C3", ls="--", lw=1.2, label="threshold")
+    else:
+        ax.step(*zip(*pts), where="mid", color="C3", ls="--", lw=1.2, label="threshold")
+
+
+def _integer_xaxis(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def sigma_f_figure(docs: list[dict]):
+    """Distribution of the scored candidates' σ_F in each round."""
+    data = [(_num(d.get("round")), _floats(d.get("sigma_f"))) for d in docs]
+    data = [(r, v) for r, v in data if r is not None and v]
+    if not data:
+        return None
+    fig = _figure(max(6.0, min(14.0, 3.0 + 0.5 * len(data))), 4.0)
+    ax = fig.add_subplot()
+    positions = [r for r, _ in data]
+    ax.boxplot([v for _, v in data], positions=positions, widths=0.6, showfliers=True,
+               flierprops={"markersize": 2, "alpha": 0.4})
+    step = max(1, len(positions) // 20)
+    ax.set_xticks(positions[::step], [_fmt_round(r) for r in positions[::step]])
+    _threshold_line(ax, docs)
+    allv = [x for _, v in data for x in v]
+    pos = [x for x in allv if x > 0]
+    if pos and len(pos) == len(allv) and max(pos) / min(pos) > 100:
         ax.set_yscale("log")
-        ax.axhline(rounds[-1].get("threshold", np.nan), color="k", lw=0.8, ls=":")
+    ax.set_xlim(min(positions) - 0.7, max(positions) + 0.7)
     ax.set_xlabel("round")
-    ax.set_ylabel("σ_F of pool candidates")
+    ax.set_ylabel("σ_F of scored candidates")
     ax.set_title("pool uncertainty per round")
-    fig.tight_layout()
+    ax.grid(alpha=0.3, axis="y")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     return fig
 
 
-def parity_figure(round_doc: dict | None):
-    """Predicted vs reference force components on the test split."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(4.2, 4.2))
-    par = (round_doc or {}).get("parity") or {}
-    ref, pred = np.asarray(par.get("F_ref", [])), np.asarray(par.get("F_pred", []))
-    if len(ref):
-        ax.plot(ref, pred, ".", ms=2, alpha=0.6)
-        lim = float(np.max(np.abs(np.concatenate([ref, pred])))) * 1.05
-        ax.plot([-lim, lim], [-lim, lim], "k-", lw=0.6)
-        ax.set_xlim(-lim, lim)
-        ax.set_ylim(-lim, lim)
+def parity_figure(docs: list[dict], round_: int | None = None):
+    """Force parity (test split) of the latest round with parity data, or of ``round_``."""
+    want = round_
+    chosen, ref, pred = None, [], []
+    for d in reversed(docs):
+        if want is not None and _num(d.get("round")) != want:
+            continue
+        par = d.get("parity") if isinstance(d.get("parity"), dict) else {}
+        pairs = [(_num(a), _num(b)) for a, b in zip(par.get("F_ref") or [], par.get("F_pred") or [])]
+        pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+        if pairs:
+            chosen = d
+            ref, pred = (list(x) for x in zip(*pairs))
+            break
+    if chosen is None:
+        return None
+    fig = _figure(5.0, 5.0)
+    ax = fig.add_subplot()
+    ax.scatter(ref, pred, s=4, alpha=0.5, lw=0)
+    lo, hi = min(min(ref), min(pred)), max(max(ref), max(pred))
+    pad = 0.05 * (hi - lo or 1.0)
+    ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="0.3", lw=1)
+    ax.set_xlim(lo - pad, hi + pad)
+    ax.set_ylim(lo - pad, hi + pad)
+    ax.set_aspect("equal")
+    rmse = math.sqrt(sum((a - b) ** 2 for a, b in zip(ref, pred)) / len(ref))
+    ax.text(0.04, 0.96, f"RMSE {rmse:.3f} eV/Å\n{len(ref)} components", transform=ax.transAxes,
+            va="top", fontsize=9, bbox={"fc": "white", "ec": "0.8"})
     ax.set_xlabel("reference force (eV/Å)")
-    ax.set_ylabel("model force (eV/Å)")
-    ax.set_title(f"parity, round {(round_doc or {}).get('round', '-')}")
-    fig.tight_layout()
+    ax.set_ylabel("ACE force (eV/Å)")
+    ax.set_title(f"force parity, round {_fmt_round(chosen.get('round'))}")
+    ax.grid(alpha=0.3)
     return fig
+
+
+FIGURES = {"learning_curve": learning_curve_figure, "sigma_f": sigma_f_figure, "parity": parity_figure}
 
 
 def write_plots(rounds: list[dict], outdir: str | Path) -> list[Path]:
-    plt = _plt()
+    """The three figures as PNG files in ``outdir`` (those with data)."""
     outdir = Path(outdir)
     out = []
-    for name, fig in (("learning_curve.png", learning_curve_figure(rounds)),
-                      ("sigma_f.png", sigma_f_figure(rounds)),
-                      ("parity.png", parity_figure(rounds[-1] if rounds else None))):
-        fig.savefig(outdir / name, dpi=110)
-        plt.close(fig)
-        out.append(outdir / name)
+    for name, make in FIGURES.items():
+        fig = make(rounds)
+        if fig is not None:
+            save_png(fig, outdir / f"{name}.png")
+            out.append(outdir / f"{name}.png")
     return out
