@@ -1,0 +1,309 @@
+"""ACEModel: linear ACE + D3(BJ) with Bayesian linear regression and a posterior committee.
+
+    E(R) = [E_D3(BJ, PBE)(R)] + Σ_z n_z E0_z + Σ_i c_{z_i} · B(env_i)
+
+* Labels come from ``REF_`` keys (:mod:`moire_al.conventions`). When a label holds
+  D3 (``info["REF_d3"]`` True) and the model has ``d3=True``, D3 is subtracted from
+  energy, forces and stress before fitting; a model with ``d3=True`` always adds D3
+  at prediction (ACE learns the rest, e.g. PBE). With ``d3=False`` nothing is
+  subtracted or added.
+* E0 (per-species reference energies) is a least-squares (minimum-norm) fit of the
+  per-atom energies on composition, subtracted before the Bayesian fit.
+* Rows (weights ``w_E, w_F, w_V``): energy per atom, force components, virial per
+  atom (stress · volume / N, eV); the noise std of a row is 1/(w √β).
+* Normal equations are accumulated structure by structure (memory O(L²), not O(N L)).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from moire_al.conventions import REF_D3, REF_ENERGY, REF_FORCES, REF_STRESS, structure_hash
+from moire_al.errors import ModelError
+
+from .blr import BayesianLinearRegression
+from .validation import structure_name, validate_labelled, validate_unlabelled
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+#: ε of the relative force uncertainty, eV/Å
+FORCE_EPS = 0.2
+DEFAULT_WEIGHTS = {"E": 30.0, "F": 1.0, "V": 1.0}
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for p in ("moire-al", "ace-jax", "ace-jax-coupling", "jax", "jaxlib", "numpy", "ase", "dftd3"):
+        try:
+            out[p] = version(p)
+        except PackageNotFoundError:
+            out[p] = None
+    return out
+
+
+def training_set_hash(atoms_list) -> str:
+    """Hash of the training structures and their labels (order-independent)."""
+    keys = []
+    for at in atoms_list:
+        h = hashlib.sha256(structure_hash(at).encode())
+        h.update(np.round(float(at.info[REF_ENERGY]), 6).tobytes())
+        h.update(np.round(np.asarray(at.arrays[REF_FORCES], float), 5).tobytes())
+        if REF_STRESS in at.info:
+            h.update(np.round(np.asarray(at.info[REF_STRESS], float), 8).tobytes())
+        h.update(str(bool(at.info.get(REF_D3, False))).encode())
+        keys.append(h.hexdigest())
+    return hashlib.sha256("".join(sorted(keys)).encode()).hexdigest()[:24]
+
+
+class ACEModel:
+    """Linear ACE potential fitted by evidence-maximising BLR, with a posterior committee.
+
+    Parameters
+    ----------
+    elements : chemical symbols or atomic numbers; None = the species of the training data.
+    order, totaldegree, rcut, wL : ACE basis (correlation order, total degree, cutoff Å,
+        l-weight of the degree). Defaults suit the demo (graphene: 120, hBN: 1408 functions).
+    committee_size : K posterior samples.
+    weights : {"E": per-atom energy weight, "F": force weight, "V": per-atom virial weight}.
+    d3 : add D3(BJ, PBE) at prediction (and subtract it from labels that include it).
+    seed : committee seed.
+    """
+
+    def __init__(self, elements=None, order: int = 3, totaldegree: int = 10, rcut: float = 5.5,
+                 committee_size: int = 32, weights: dict | None = None, d3: bool = True, seed: int = 0,
+                 wL: float = 1.5, prior_power: float = 2.0):
+        self.elements = elements
+        self.order = order
+        self.totaldegree = totaldegree
+        self.rcut = rcut
+        self.committee_size = committee_size
+        self.weights = dict(DEFAULT_WEIGHTS, **(weights or {}))
+        self.d3 = d3
+        self.seed = seed
+        self.wL = wL
+        self.prior_power = prior_power
+        self.basis_ = None
+
+    # ------------------------------------------------------------------ helpers
+    def get_params(self) -> dict:
+        return {k: getattr(self, k) for k in ("elements", "order", "totaldegree", "rcut", "committee_size",
+                                               "weights", "d3", "seed", "wL", "prior_power")}
+
+    def _resolve_elements(self, atoms_list) -> tuple:
+        from ase.data import atomic_numbers
+
+        if self.elements is None:
+            zs = sorted({int(z) for at in atoms_list for z in at.numbers})
+        else:
+            zs = sorted({int(e) if str(e).isdigit() else atomic_numbers[str(e)] for e in self.elements})
+        if not zs:
+            raise ModelError("no elements: empty training set and no elements given")
+        return tuple(zs)
+
+    def _check_fitted(self):
+        if getattr(self, "coef_", None) is None:
+            raise ModelError("the model is not fitted: call fit() or ACEModel.load()")
+
+    def _d3_part(self, atoms, name):
+        from .d3 import d3_results
+
+        return d3_results(atoms, name)
+
+    def _composition(self, atoms) -> np.ndarray:
+        zs = self.basis_.elements
+        return np.array([np.count_nonzero(atoms.numbers == z) for z in zs], float)
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, atoms_list, *, verbose: bool = False) -> "ACEModel":
+        """Fit to labelled structures (``REF_energy``, ``REF_forces``, optional ``REF_stress``)."""
+        from .basis import ACEBasis
+
+        atoms_list = list(atoms_list)
+        if not atoms_list:
+            raise ModelError("fit: no training structures")
+        zs = self._resolve_elements(atoms_list)
+        for k, at in enumerate(atoms_list):
+            validate_labelled(at, k, zs)
+        if self.d3:
+            from .d3 import check_d3
+
+            check_d3()
+        t0 = time.perf_counter()
+        if self.basis_ is None or self.basis_.spec() != {"backend": "ace-jax", "elements": list(zs),
+                                                          "order": int(self.order),
+                                                          "totaldegree": int(self.totaldegree),
+                                                          "rcut": float(self.rcut), "wL": float(self.wL)}:
+            self.basis_ = ACEBasis(zs, self.order, self.totaldegree, self.rcut, self.wL)
+        b = self.basis_
+        L = b.L
+        wE, wF, wV = (float(self.weights[k]) for k in ("E", "F", "V"))
+
+        # targets with D3 removed where needed, E0 by composition least squares
+        targets = []
+        for k, at in enumerate(atoms_list):
+            name = structure_name(at, k)
+            E = float(at.info[REF_ENERGY])
+            F = np.asarray(at.arrays[REF_FORCES], float).copy()
+            S = np.asarray(at.info[REF_STRESS], float).copy() if REF_STRESS in at.info else None
+            if self.d3 and bool(at.info.get(REF_D3, False)):
+                e3, f3, s3 = self._d3_part(at, name)
+                E, F = E - e3, F - f3
+                if S is not None and s3 is not None:
+                    S = S - s3
+            targets.append((E, F, S))
+        comp = np.array([self._composition(at) for at in atoms_list])
+        nat = comp.sum(1)
+        e_per_atom = np.array([t[0] for t in targets]) / nat
+        self.E0_ = np.linalg.lstsq(comp / nat[:, None], e_per_atom, rcond=None)[0]
+
+        # the design has L ACE columns plus NZ composition columns (per-species energy
+        # corrections to the least-squares E0 above; they enter energy rows only)
+        NZ = len(zs)
+        A = np.zeros((L + NZ, L + NZ))
+        bv = np.zeros(L + NZ)
+        yWy, n_obs, log_w2 = 0.0, 0, 0.0
+        counts = {"E": 0, "F": 0, "V": 0}
+        t_rows = time.perf_counter()
+        for k, at in enumerate(atoms_list):
+            name = structure_name(at, k)
+            E, F, S = targets[k]
+            n = len(at)
+            PsiE, PsiF, PsiS = b.structure_rows(at, name)
+            pad = lambda M: np.concatenate([M, np.zeros((M.shape[0], NZ))], axis=1)
+            rowE = np.concatenate([PsiE, comp[k]])[None, :] / n
+            rows = [(wE * rowE, wE * np.array([(E - comp[k] @ self.E0_) / n]))]
+            rows.append((wF * pad(PsiF), wF * F.reshape(-1)))
+            counts["E"] += 1
+            counts["F"] += F.size
+            if S is not None and PsiS is not None:
+                vol = abs(np.linalg.det(at.cell.array))
+                rows.append((wV * pad(PsiS) * vol / n, wV * S * vol / n))
+                counts["V"] += 6
+            for Pw, yw in rows:
+                A += Pw.T @ Pw
+                bv += Pw.T @ yw
+                yWy += float(yw @ yw)
+                n_obs += len(yw)
+            log_w2 += 2 * np.log(wE) + F.size * 2 * np.log(wF) + (12 * np.log(wV) if len(rows) == 3 else 0.0)
+            if verbose and (k + 1) % 10 == 0:
+                log.info("rows %d/%d", k + 1, len(atoms_list))
+        t_rows = time.perf_counter() - t_rows
+        gamma = np.concatenate([np.maximum(b.gamma, 1.0) ** self.prior_power, np.ones(NZ)])
+        t_solve = time.perf_counter()
+        self.blr_ = BayesianLinearRegression(committee_size=self.committee_size, seed=self.seed)
+        self.blr_.fit_normal(A, bv, yWy, n_obs, gamma, log_w2=log_w2)
+        t_solve = time.perf_counter() - t_solve
+        self.coef_ = self.blr_.coef_[:L]
+        self.committee_ = self.blr_.committee_[:, :L]
+        self.E0_ = self.E0_ + self.blr_.coef_[L:]
+        self.committee_E0_ = self.blr_.committee_[:, L:] - self.blr_.coef_[L:]   # deviations from E0_
+        self.elements_ = tuple(b.elements)
+        self.training_hash_ = training_set_hash(atoms_list)
+        self.d3_labels_ = sorted({bool(at.info.get(REF_D3, False)) for at in atoms_list})
+        self.fit_info_ = {
+            "n_structures": len(atoms_list), "n_atoms": int(nat.sum()), "n_basis": L,
+            "n_rows": counts, "alpha": self.blr_.alpha_, "beta": self.blr_.beta_,
+            "noise_std_force_eV_per_A": self.blr_.noise_std_ / wF,
+            "noise_std_energy_meV_per_atom": 1000 * self.blr_.noise_std_ / wE,
+            "effective_parameters": self.blr_.effective_parameters_,
+            "log_evidence": self.blr_.log_evidence_, "evidence_iterations": self.blr_.n_iter_,
+            "time_rows_s": t_rows, "time_solve_s": t_solve, "time_total_s": time.perf_counter() - t0,
+        }
+        from .metrics import rmse_table
+
+        self.fit_report_ = {"train": rmse_table(self, atoms_list), **self.fit_info_}
+        return self
+
+    # ------------------------------------------------------------------ predict
+    def _coefficient_matrix(self, committee: bool) -> np.ndarray:
+        if committee and self.committee_ is not None and len(self.committee_):
+            return np.concatenate([self.coef_[:, None], self.committee_.T], axis=1)
+        return self.coef_[:, None]
+
+    def predict_one(self, atoms, name: str = "", committee: bool = True, stress: bool = True,
+                    d3: bool | None = None) -> dict:
+        """Prediction for one structure (see :meth:`predict`)."""
+        self._check_fitted()
+        validate_unlabelled(atoms, name, self.elements_)
+        C = self._coefficient_matrix(committee)
+        E, F, S = self.basis_.evaluate(atoms, C, name, stress=stress)
+        e0 = float(self._composition(atoms) @ self.E0_)
+        out = {"energy": float(E[0]) + e0, "forces": F[0].copy(),
+               "stress": None if S is None else S[0].copy()}
+        add_d3 = self.d3 if d3 is None else (d3 and self.d3)
+        if add_d3:
+            e3, f3, s3 = self._d3_part(atoms, name)
+            out["energy"] += e3
+            out["forces"] = out["forces"] + f3
+            if out["stress"] is not None and s3 is not None:
+                out["stress"] = out["stress"] + s3
+        out["d3_included"] = bool(add_d3)
+        if C.shape[1] > 1:
+            Ek, Fk = E[1:], F[1:]
+            dE0 = getattr(self, "committee_E0_", None)
+            if dE0 is not None and len(dE0) == len(Ek):
+                Ek = Ek + dE0 @ self._composition(atoms)
+            fstd = np.sqrt(np.mean(np.sum((Fk - Fk.mean(0)) ** 2, axis=2), axis=0))      # (N,)
+            rel = fstd / (np.linalg.norm(out["forces"], axis=1) + FORCE_EPS)
+            out.update(energy_std=float(np.std(Ek)), forces_std=fstd, rel_force_unc=rel,
+                       max_force_std=float(fstd.max(initial=0.0)),
+                       max_rel_force_unc=float(rel.max(initial=0.0)))
+            if S is not None:
+                out["stress_std"] = np.std(S[1:], axis=0)
+        return out
+
+    def predict(self, atoms_list, committee: bool = True) -> list[dict]:
+        """Per structure: energy (eV), forces (N, 3), stress (6,) or None, and with the
+        committee energy_std (eV), forces_std (N,) = sqrt(mean_k ‖F_i^k − F̄_i‖²) (eV/Å),
+        rel_force_unc (N,) = forces_std / (‖F_i‖ + 0.2 eV/Å), max_force_std, max_rel_force_unc."""
+        return [self.predict_one(at, structure_name(at, k), committee=committee)
+                for k, at in enumerate(atoms_list)]
+
+    def score(self, atoms_list, kind: str = "rel", d3: bool = False) -> np.ndarray:
+        """Selection score per structure: ``kind="rel"`` max_i rel_force_unc (dimensionless),
+        ``"abs"`` max_i forces_std (eV/Å), ``"energy"`` energy_std per atom (eV/atom).
+
+        The committee spread does not depend on D3; with ``d3=False`` (default, faster) the
+        denominator ‖F_i‖ + ε of the relative score uses the ACE force only (D3 forces in
+        these layered systems are a few 10 meV/Å against ε = 200 meV/Å)."""
+        if kind not in ("rel", "abs", "energy"):
+            raise ModelError(f"score: unknown kind {kind!r} (rel, abs, energy)")
+        out = []
+        for k, at in enumerate(atoms_list):
+            p = self.predict_one(at, structure_name(at, k), committee=True, stress=False, d3=d3)
+            out.append(p["max_rel_force_unc"] if kind == "rel" else p["max_force_std"] if kind == "abs"
+                       else p["energy_std"] / len(at))
+        return np.asarray(out, float)
+
+    def calculator(self, committee: bool = True):
+        """An ASE calculator of this model (energy, forces, stress; with committee=True also
+        energy_std, forces_std, rel_force_unc)."""
+        from .calculator import ACEModelCalculator
+
+        self._check_fitted()
+        return ACEModelCalculator(self, committee=committee)
+
+    # ------------------------------------------------------------------ io
+    def save(self, path) -> Path:
+        from .io import save_model
+
+        self._check_fitted()
+        return save_model(self, Path(path))
+
+    @classmethod
+    def load(cls, path) -> "ACEModel":
+        from .io import load_model
+
+        return load_model(cls, Path(path))
+
+    def __repr__(self) -> str:
+        p = self.get_params()
+        return "ACEModel(" + ", ".join(f"{k}={v!r}" for k, v in p.items()) + ")"

@@ -1,0 +1,307 @@
+"""The linear ACE basis (ace-jax backend): basis construction and per-structure rows.
+
+Everything linear in the coefficients lives here:
+
+* :func:`build_basis` builds an ace-jax basis (coupling coefficients cached on disk
+  in the project's data dir, or ``$ACEJAX_COUPLING_CACHE``).
+* :class:`ACEBasis` evaluates, for one structure, the design rows of the energy,
+  forces and stress (``structure_rows``), and a multi-output linear model's energies,
+  forces and stresses (``evaluate``: the posterior mean and all committee members
+  from *one* basis evaluation, contracted with ``r`` coefficient vectors).
+
+Column layout of the full basis (length ``L = NZ * D``, ``D = n_B + n_pair``):
+column ``z * D + d`` is compact basis function ``d`` (many-body B functions first,
+then pair functions) of a site whose centre species index is ``z``. This differs
+from ace-jax's own layout (all B blocks, then all pair blocks); :meth:`to_acejax`
+and :meth:`from_acejax` convert.
+
+JAX is configured for float64 on import of this module.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+
+def _enable_compilation_cache() -> None:
+    """Persist XLA executables across processes (compiling the basis kernels costs
+    tens of seconds; every refit of the loop reuses them). ``$MOIRE_AL_JAX_CACHE``
+    overrides the location; ``none`` disables."""
+    loc = os.environ.get("MOIRE_AL_JAX_CACHE")
+    if loc and loc.lower() == "none":
+        return
+    if not loc:
+        from moire_al.config import data_dir
+
+        loc = str(data_dir() / "jax-cache")
+    try:
+        Path(loc).mkdir(parents=True, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", loc)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    except Exception:  # pragma: no cover - a read-only data dir: just compile
+        pass
+
+
+_enable_compilation_cache()
+
+import equinox as eqx  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from moire_al.errors import ModelError  # noqa: E402
+
+#: Largest number of centre atoms evaluated in one compiled call. Structures with
+#: more atoms are processed in chunks of this size (bounded memory, one compile).
+MAX_CHUNK = 64
+#: Centre-atom chunk sizes (a structure uses the smallest that holds it, or MAX_CHUNK).
+CHUNK_LADDER = (16, 32, 64)
+#: Neighbour slots are padded to the next of these (few distinct compiled shapes).
+K_LADDER = (16, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512)
+
+
+def coupling_cache_dir() -> Path:
+    """Where ace-jax caches coupling coefficients for us.
+
+    ``$ACEJAX_COUPLING_CACHE`` if set (tests point it to a temp dir), else
+    ``<moire-al data dir>/ace-coupling``.
+    """
+    env = os.environ.get("ACEJAX_COUPLING_CACHE")
+    if env:
+        return Path(env).expanduser()
+    from moire_al.config import data_dir
+
+    return data_dir() / "ace-coupling"
+
+
+def build_basis(elements, order: int, totaldegree: int, rcut: float, wL: float = 1.5):
+    """An ace-jax ``Basis`` (frozen radials, zero readout) for sorted atomic numbers."""
+    from ace_jax.basis.model import build_model
+
+    cache = coupling_cache_dir()
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        pass
+    return build_model(list(elements), int(order), int(totaldegree), rcut=float(rcut), wL=float(wL),
+                       seed=0, coupling_cache=True, coupling_cache_dir=str(cache))
+
+
+@eqx.filter_jit
+def _rows_kernel(model, rij, zi, zj, mask):
+    """Compact descriptors X (nc, D) and their edge Jacobian J (nc, K, D, 3)."""
+    with jax.default_matmul_precision("highest"):
+        nc, K = mask.shape
+        X, J = model.edge_jacobian_dense(rij, zi, zj, mask)
+        return X, J.reshape(nc, K, X.shape[1], 3)
+
+
+@eqx.filter_jit
+def _eval_kernel(model, rij, zi, zj, mask, node_z, CB, CP):
+    """Compact descriptors X (nc, D) and per-edge gradients T (nc, K, r, 3) of r linear models."""
+    with jax.default_matmul_precision("highest"):
+        # one pass: the factors of ace-jax's committee_edge_grad_dense also give X
+        n, K = mask.shape
+        A, J_BA, dA, Rpair, dRp = model._dense_jacobian_parts(rij, zi, zj, mask)
+        B = model._b_from_a(A) if model.a2b_sparse else jax.vmap(model._node_B)(A)
+        Xp = jnp.sum(jnp.where(mask[..., None], Rpair.reshape(n, K, -1), 0.0), axis=1)
+        X = jnp.concatenate([B, Xp], axis=1)
+        M = jnp.einsum("nbm,nbr->nmr", J_BA, CB[node_z])
+        T = jnp.einsum("nmr,nkmc->nkrc", M, dA.reshape(n, K, -1, 3))
+        T = T + jnp.einsum("nkpc,npr->nkrc", dRp.reshape(n, K, -1, 3), CP[node_z])
+        return X, jnp.where(mask[:, :, None, None], T, 0.0)
+
+
+@dataclass
+class _Graph:
+    """A neighbour list in the dense (n, K) layout, plus the edge incidence."""
+
+    n: int
+    rij: np.ndarray      # (n, K, 3); padded slots parked at the cutoff
+    idx: np.ndarray      # (n, K) neighbour index
+    mask: np.ndarray     # (n, K) live slots
+    node_z: np.ndarray   # (n,) species index
+    volume: float | None
+
+
+class ACEBasis:
+    """A frozen ace-jax ACE basis with design-row and committee evaluation."""
+
+    def __init__(self, elements, order=3, totaldegree=10, rcut=5.5, wL=1.5):
+        self.elements = tuple(sorted(int(z) for z in elements))
+        self.order, self.totaldegree, self.rcut, self.wL = int(order), int(totaldegree), float(rcut), float(wL)
+        try:
+            b = build_basis(self.elements, self.order, self.totaldegree, self.rcut, self.wL)
+        except Exception as exc:  # the coupling library is missing or fails
+            raise ModelError(f"cannot build the ACE basis {self.spec()}: {exc}") from exc
+        self._basis = b
+        self.model = b.model
+        self.meta = b.meta
+        self.n_B = int(b.meta["n_B"])
+        self.n_pair = int(b.meta["n_pair"])
+        self.NZ = len(self.elements)
+        self.D = self.n_B + self.n_pair
+        self.L = self.NZ * self.D
+        self._z2i = {z: i for i, z in enumerate(self.elements)}
+        # ace-jax layout index of each of our columns
+        perm = np.empty(self.L, dtype=np.int64)
+        for z in range(self.NZ):
+            perm[z * self.D: z * self.D + self.n_B] = z * self.n_B + np.arange(self.n_B)
+            perm[z * self.D + self.n_B: (z + 1) * self.D] = self.NZ * self.n_B + z * self.n_pair + np.arange(self.n_pair)
+        self._perm = perm
+        self.gamma = np.asarray(b.gamma, float)[perm]   # algebraic smoothness prior, our layout
+
+    # ------------------------------------------------------------------ metadata
+    def spec(self) -> dict:
+        return {"backend": "ace-jax", "elements": list(self.elements), "order": self.order,
+                "totaldegree": self.totaldegree, "rcut": self.rcut, "wL": self.wL}
+
+    def to_acejax(self, c: np.ndarray) -> np.ndarray:
+        """Coefficients in our layout -> ace-jax's (B blocks then pair blocks)."""
+        out = np.empty_like(c)
+        out[self._perm] = c
+        return out
+
+    def species_index(self, numbers, name="") -> np.ndarray:
+        try:
+            return np.array([self._z2i[int(z)] for z in numbers], dtype=np.int32)
+        except KeyError as exc:
+            from ase.data import chemical_symbols
+
+            have = ",".join(chemical_symbols[z] for z in self.elements)
+            raise ModelError(f"structure {name or '?'}: element {chemical_symbols[int(exc.args[0])]} "
+                             f"is not in the model (elements: {have})") from None
+
+    # ------------------------------------------------------------------ graphs
+    def graph(self, atoms, name="") -> _Graph:
+        from ace_jax.eval.nlist import _dense_from_sparse, _neighbour_list
+
+        node_z = self.species_index(atoms.numbers, name)
+        pos = np.ascontiguousarray(atoms.positions, float)
+        pbc = np.asarray(atoms.pbc, bool)
+        cell = np.asarray(atoms.cell.array, float)
+        if not pbc.any():
+            cell = np.eye(3) * (np.ptp(pos, axis=0).max() + 2 * self.rcut + 1.0)
+        i, j, Dv = _neighbour_list(pos, cell, pbc, self.rcut)[:3]
+        n = len(atoms)
+        counts = np.bincount(i, minlength=n)
+        kmax = int(counts.max(initial=1))
+        K = next((k for k in K_LADDER if k >= kmax), -(-kmax // 128) * 128)
+        idx, dist, count = _dense_from_sparse(np.asarray(i), np.asarray(j), np.asarray(Dv), n, K)
+        live = np.arange(K)[None, :] < count[:, None]
+        dist = np.where(live[..., None], dist, np.array([self.rcut, 0.0, 0.0]))
+        vol = float(abs(np.linalg.det(atoms.cell.array))) if pbc.all() and atoms.cell.rank == 3 else None
+        return _Graph(n, dist, idx, live, node_z, vol)
+
+    def _chunks(self, g: _Graph):
+        """Yield (start, stop, padded arrays) over centre-atom chunks."""
+        nc = next(c for c in CHUNK_LADDER if c >= min(g.n, MAX_CHUNK))
+        K = g.rij.shape[1]
+        for s in range(0, g.n, nc):
+            e = min(s + nc, g.n)
+            pad = nc - (e - s)
+            rij = g.rij[s:e]
+            zc = g.node_z[s:e]
+            zj = g.node_z[g.idx[s:e]]
+            m = g.mask[s:e]
+            if pad:
+                rij = np.concatenate([rij, np.broadcast_to([self.rcut, 0.0, 0.0], (pad, K, 3))])
+                zc = np.concatenate([zc, np.zeros(pad, np.int32)])
+                zj = np.concatenate([zj, np.zeros((pad, K), np.int32)])
+                m = np.concatenate([m, np.zeros((pad, K), bool)])
+            zi = np.broadcast_to(zc[:, None], (nc, K))
+            yield s, e, (jnp.asarray(rij), jnp.asarray(zi, dtype=jnp.int32), jnp.asarray(zj, dtype=jnp.int32),
+                         jnp.asarray(m), jnp.asarray(zc, dtype=jnp.int32))
+
+    @staticmethod
+    def _incidence(g: _Graph, s: int, e: int) -> sp.csr_matrix:
+        """(n, (e-s)*K) matrix mapping per-edge dE/dr_ij to forces: +1 on the centre, -1 on the neighbour."""
+        K = g.idx.shape[1]
+        m = g.mask[s:e].reshape(-1)
+        cols = np.nonzero(m)[0]
+        send = np.repeat(np.arange(s, e), K)[m]
+        recv = g.idx[s:e].reshape(-1)[m]
+        rows = np.concatenate([send, recv])
+        data = np.concatenate([np.ones(len(cols)), -np.ones(len(cols))])
+        return sp.csr_matrix((data, (rows, np.concatenate([cols, cols]))), shape=(g.n, (e - s) * K))
+
+    # ------------------------------------------------------------------ design rows
+    def structure_rows(self, atoms, name="", graph: _Graph | None = None):
+        """Design rows of one structure in our column layout.
+
+        Returns (PsiE (L,), PsiF (3n, L) ordered atom-major (x,y,z per atom),
+        PsiS (6, L) Voigt stress rows (ASE sign, eV/Å³ per unit coefficient) or None
+        when the structure is not 3D periodic).
+        """
+        g = graph or self.graph(atoms, name)
+        L, D = self.L, self.D
+        PsiE = np.zeros(L)
+        PsiF = np.zeros((g.n, 3, L))
+        S = np.zeros((3, 3, L))
+        for s, e, (rij, zi, zj, m, zc) in self._chunks(g):
+            X, J = _rows_kernel(self.model, rij, zi, zj, m)
+            X, J = np.asarray(X)[: e - s], np.asarray(J)[: e - s]       # (c, D), (c, K, D, 3)
+            K = J.shape[1]
+            zc = g.node_z[s:e]
+            inc = self._incidence(g, s, e)
+            rloc = g.rij[s:e]
+            for z in range(self.NZ):
+                sel = zc == z
+                if not sel.any():
+                    continue
+                cols = slice(z * D, (z + 1) * D)
+                PsiE[cols] += X[sel].sum(0)
+                Jz = np.where(sel[:, None, None, None], J, 0.0)
+                Jflat = Jz.reshape((e - s) * K, D, 3)
+                for a in range(3):
+                    PsiF[:, a, cols] += inc @ Jflat[:, :, a]
+                if g.volume is not None:
+                    S[:, :, cols] += np.einsum("ckda,ckb->abd", Jz, np.where(g.mask[s:e, :, None], rloc, 0.0))
+        PsiS = None
+        if g.volume is not None:
+            S = 0.5 * (S + S.transpose(1, 0, 2)) / g.volume
+            PsiS = np.stack([S[0, 0], S[1, 1], S[2, 2], S[1, 2], S[0, 2], S[0, 1]])
+        return PsiE, PsiF.reshape(3 * g.n, L), PsiS
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, atoms, C: np.ndarray, name="", graph: _Graph | None = None, stress=True):
+        """Energies (r,), forces (r, n, 3), stresses (r, 6) or None of r linear models.
+
+        C: (L, r) coefficients in our layout (column 0 is usually the posterior mean,
+        the others committee members). One basis evaluation serves all r models.
+        """
+        g = graph or self.graph(atoms, name)
+        C = np.asarray(C, float)
+        if C.ndim == 1:
+            C = C[:, None]
+        r = C.shape[1]
+        Cz = C.reshape(self.NZ, self.D, r)
+        CB = jnp.asarray(Cz[:, : self.n_B])
+        CP = jnp.asarray(Cz[:, self.n_B:])
+        E = np.zeros(r)
+        F = np.zeros((g.n, r, 3))
+        S = np.zeros((r, 3, 3))
+        for s, e, (rij, zi, zj, m, zc) in self._chunks(g):
+            X, T = _eval_kernel(self.model, rij, zi, zj, m, zc, CB, CP)
+            X, T = np.asarray(X)[: e - s], np.asarray(T)[: e - s]     # (c, D), (c, K, r, 3)
+            zloc = g.node_z[s:e]
+            E += np.einsum("cd,cdr->r", X, Cz[zloc])
+            inc = self._incidence(g, s, e)
+            K = T.shape[1]
+            F += (inc @ T.reshape((e - s) * K, r * 3)).reshape(g.n, r, 3)
+            if stress and g.volume is not None:
+                S += np.einsum("ckra,ckb->rab", T, np.where(g.mask[s:e, :, None], g.rij[s:e], 0.0))
+        # rij = r_j - r_i: dE/dr_j = T, dE/dr_i = -T, so F = -dE/dr = inc @ T (inc: +1 centre, -1 neighbour)
+        F = np.transpose(F, (1, 0, 2))
+        Sv = None
+        if stress and g.volume is not None:
+            S = 0.5 * (S + np.transpose(S, (0, 2, 1))) / g.volume
+            Sv = np.stack([S[:, 0, 0], S[:, 1, 1], S[:, 2, 2], S[:, 1, 2], S[:, 0, 2], S[:, 0, 1]], axis=1)
+        return E, F, Sv

@@ -1,0 +1,84 @@
+"""ASE calculator of a fitted :class:`~moire_al.models.ace.ACEModel`."""
+
+from __future__ import annotations
+
+import numpy as np
+from ase.calculators.calculator import Calculator, all_changes
+
+
+class ACEModelCalculator(Calculator):
+    """Energy, forces and stress of ACE (+ D3 when the model has it).
+
+    With ``committee=True`` (default) the results also hold ``energy_std`` (eV),
+    ``forces_std`` (N,) eV/Å, ``rel_force_unc`` (N,), ``max_force_std`` and
+    ``max_rel_force_unc``, from the same single basis evaluation. ``committee=False``
+    evaluates the posterior mean only, with ace-jax's own lean evaluator (neighbour
+    list kept with a Verlet skin): the fast path for MD, relaxations and NEB.
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress",
+                              "energy_std", "forces_std", "rel_force_unc"]
+
+    def __init__(self, model, committee: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.ace_model = model
+        self.committee = committee
+
+    def _native(self):
+        """ace-jax's own (lean, neighbour-list-reusing) calculator of the posterior mean."""
+        if getattr(self, "_native_calc", None) is None:
+            from ace_jax.calc.point import ACECalculator
+
+            from .io import acejax_tree
+
+            b = self.ace_model.basis_
+            tree, meta = b._basis._replace(model=acejax_tree(self.ace_model)).eval_pair()
+            self._native_calc = ACECalculator(tree, meta)
+        return self._native_calc
+
+    def _calculate_mean(self, properties):
+        from .validation import validate_unlabelled
+
+        m = self.ace_model
+        validate_unlabelled(self.atoms, self.atoms.get_chemical_formula(), m.elements_)
+        want_stress = "stress" in properties and self.atoms.pbc.all()
+        nat = self._native()
+        at = self.atoms.copy()
+        at.calc = nat
+        e = at.get_potential_energy()
+        f = at.get_forces().copy()
+        s = at.get_stress().copy() if want_stress else None
+        if m.d3:
+            from .d3 import d3_results
+
+            e3, f3, s3 = d3_results(self.atoms, self.atoms.get_chemical_formula())
+            e, f = e + e3, f + f3
+            if s is not None and s3 is not None:
+                s = s + s3
+        self.results.update(energy=e, free_energy=e, forces=f)
+        if s is not None:
+            self.results["stress"] = s
+        elif "stress" in properties:
+            from ase.calculators.calculator import PropertyNotImplementedError
+
+            raise PropertyNotImplementedError("stress needs a 3D periodic cell")
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        if not self.committee:
+            return self._calculate_mean(properties)
+        want_stress = "stress" in properties
+        p = self.ace_model.predict_one(self.atoms, name=self.atoms.get_chemical_formula(),
+                                       committee=self.committee, stress=want_stress)
+        self.results["energy"] = p["energy"]
+        self.results["free_energy"] = p["energy"]
+        self.results["forces"] = np.asarray(p["forces"])
+        if p.get("stress") is not None:
+            self.results["stress"] = np.asarray(p["stress"])
+        elif want_stress:
+            from ase.calculators.calculator import PropertyNotImplementedError
+
+            raise PropertyNotImplementedError("stress needs a 3D periodic cell")
+        for k in ("energy_std", "forces_std", "rel_force_unc", "max_force_std", "max_rel_force_unc"):
+            if k in p:
+                self.results[k] = p[k]
