@@ -37,8 +37,8 @@ def run(strategy: str, data: dict, initial: list[str], test: list, rounds: int, 
         if not rest:
             break
         if strategy == "hyperactive":
-            scores = committee_scores(model, [data[h] for h in rest], criterion)
-            chosen += select_most_uncertain(rest, scores, batch)
+            rel, sigma = committee_scores(model, [data[h] for h in rest])
+            chosen += select_most_uncertain(rest, rel if criterion == "rel_force_unc" else sigma, batch)
         else:
             chosen += list(rng.choice(rest, size=min(batch, len(rest)), replace=False))
     return curve
@@ -60,6 +60,7 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pool-scale", type=int, default=3, help="multiplies the small pool's rattled/multilayer counts")
+    ap.add_argument("--degree", type=int, default=10, help="ACE total degree")
     ap.add_argument("--criterion", default="rel_force_unc", choices=("rel_force_unc", "max_force_std"))
     ap.add_argument("-o", "--output", default="benchmarks/out/learning.png")
     args = ap.parse_args()
@@ -82,7 +83,8 @@ def main() -> None:
     data = {h: records[h] for h in hashes if h not in set(test_h)}
     print(f"pool: {len(pool)} structures ({len(data)} candidates, {len(test)} test), labelled in "
           f"{time.perf_counter() - t0:.1f} s with the reference potential")
-    model_params = {"order": 3, "totaldegree": 10}
+    # The reference labels hold their own interlayer binding: no D3 on top.
+    model_params = {"order": 3, "totaldegree": args.degree, "d3": False}
     curves = {s: run(s, data, initial, test, args.rounds, args.batch, args.seed, model_params, args.criterion)
               for s in ("hyperactive", "random")}
 

@@ -8,7 +8,7 @@
   their 2 Å normal cut-off, e.g. a vacancy hop's saddle point);
 - ``emt`` / ``lj``: ASE toy calculators, for smoke tests only;
 - anything else: a path to a fitted model directory, loaded with
-  ``moire_al.models.ACEModel.load(path).calculator()``.
+  ``moire_al.models.ACEModel.load(path).calculator(committee=False)``.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def get_calculator(spec: str, material: str = "graphene"):
         except ImportError as exc:
             raise MoireALError(f"cannot load model {key!r}: moire_al.models unavailable "
                                f"({exc})") from exc
-        return ACEModel.load(key).calculator()
+        return ACEModel.load(key).calculator(committee=False)  # the fast path: no committee
     raise MoireALError(f"calculator spec {spec!r}: expected 'reference', 'intralayer', "
                        "'emt', 'lj' or an existing model directory")
 

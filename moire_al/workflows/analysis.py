@@ -30,7 +30,7 @@ def model_calculator(store: Store, model_id: str | None, material: str, workdir:
     from moire_al.models import ACEModel
 
     model = ACEModel.load(store.get_model_dir(model_id, Path(workdir) / "model-files"))
-    return model.calculator(), f"ACE {model_id}"
+    return model.calculator(committee=False), f"ACE {model_id}"
 
 
 @explicit_serialize

@@ -4,8 +4,9 @@ Each function is one step of the loop and is what a Firetask calls; none of them
 knows about FireWorks. A round ``r`` is: fit on every labelled structure selected in
 rounds ``<= r``, measure errors on the held-out test split, score the rest of the
 pool with the committee, and select the most uncertain ``batch_size`` for round
-``r + 1``. The loop stops when the largest uncertainty left in the pool is below the
-threshold (``converged``), when the pool is used up (``pool_exhausted``), or after
+``r + 1``. Candidates are ranked by the committee's relative force uncertainty
+max_i ‖σ F_i‖ / (‖F̄_i‖ + 0.2 eV/Å) (or by max_i ‖σ F_i‖, ``criterion``); the loop
+stops when the largest max_i ‖σ F_i‖ left in the pool is below the threshold (eV/Å) (``converged``), when the pool is used up (``pool_exhausted``), or after
 ``max_rounds`` fits (``max_rounds``).
 """
 
@@ -47,23 +48,29 @@ def select_most_uncertain(hashes: list[str], scores: np.ndarray, n: int) -> list
     return [hashes[i] for i in order[:n]]
 
 
-def committee_scores(model, atoms_list, criterion: str) -> np.ndarray:
-    """Per-structure uncertainty: max relative force uncertainty or max force std."""
-    if not atoms_list:
-        return np.zeros(0)
-    if criterion == "rel_force_unc":
-        return np.asarray(model.score(atoms_list), dtype=float)
-    preds = model.predict(atoms_list)
-    return np.array([float(np.max(p["forces_std"])) for p in preds])
+def committee_scores(model, atoms_list) -> tuple[np.ndarray, np.ndarray]:
+    """Per structure, from one committee evaluation each: (max_i relative force
+    uncertainty ‖σ F_i‖ / (‖F̄_i‖ + 0.2 eV/Å), max_i ‖σ F_i‖ in eV/Å)."""
+    rel, absolute = [], []
+    for atoms in atoms_list:
+        p = model.predict_one(atoms, committee=True, stress=False, d3=False)
+        rel.append(p["max_rel_force_unc"])
+        absolute.append(p["max_force_std"])
+    return np.asarray(rel, dtype=float), np.asarray(absolute, dtype=float)
 
 
 def force_errors(model, atoms_list) -> dict:
-    """RMSE of energy (meV/atom) and forces (eV/Å; all, in-plane, out-of-plane)."""
-    from moire_al.conventions import REF_ENERGY, REF_FORCES
+    """RMSE of energy (meV/atom) and forces (eV/Å; all, in-plane, out-of-plane).
+
+    Each structure is compared in its label's convention: D3 is added to the
+    prediction only when the label contains it (``REF_d3``).
+    """
+    from moire_al.conventions import REF_D3, REF_ENERGY, REF_FORCES
 
     if not atoms_list:
         return {}
-    preds = model.predict(atoms_list)
+    preds = [model.predict_one(a, committee=False, stress=False, d3=bool(a.info.get(REF_D3, False)))
+             for a in atoms_list]
     de = [(p["energy"] - a.info[REF_ENERGY]) / len(a) for p, a in zip(preds, atoms_list)]
     ref = np.concatenate([a.arrays[REF_FORCES] for a in atoms_list])
     pred = np.concatenate([np.asarray(p["forces"]) for p in preds])
@@ -75,6 +82,12 @@ def force_errors(model, atoms_list) -> dict:
         "F_outofplane": float(np.sqrt(np.mean(d[:, 2] ** 2))),
         "_ref": ref.ravel(), "_pred": pred.ravel(),
     }
+
+
+def model_params(settings: LoopSettings) -> dict:
+    """ACEModel hyperparameters of a loop. D3 is added to the model only for DFT
+    labels: the reference potential's interlayer terms already hold the binding."""
+    return {"seed": settings.seed, "d3": settings.labeller != "reference", **settings.model}
 
 
 # ------------------------------------------------------------------ steps
@@ -173,7 +186,7 @@ def fit_round(store: Store, settings: LoopSettings, loop_id: str, round_: int) -
     train, missing, test = _training_and_test(store, settings, loop_id, round_)
     if not train:
         raise LabelError(f"round {round_}: no labelled training structures (all {len(missing)} failed)")
-    model = ACEModel(**{"seed": settings.seed, **settings.model}).fit(train)
+    model = ACEModel(**model_params(settings)).fit(train)
     model_id = f"{loop_id}-r{round_}"
     with tempfile.TemporaryDirectory() as tmp:
         model.save(Path(tmp) / "model")
@@ -186,9 +199,10 @@ def fit_round(store: Store, settings: LoopSettings, loop_id: str, round_: int) -
         ref, pred = ref[idx], pred[idx]
 
     candidates = store.member_hashes(loop_id, role="pool", selected=False)
-    scores = committee_scores(model, store.get_structures(candidates), settings.criterion)
-    max_s = float(scores.max()) if len(scores) else 0.0
-    exhausted = len(scores) == 0
+    rel, sigma = committee_scores(model, store.get_structures(candidates))
+    ranking = rel if settings.criterion == "rel_force_unc" else sigma
+    max_s = float(sigma.max()) if len(sigma) else 0.0
+    exhausted = len(sigma) == 0
     converged = not exhausted and max_s < settings.threshold
     last = round_ + 1 >= settings.max_rounds
     previous = store.get_round(loop_id, round_) or {}
@@ -197,7 +211,7 @@ def fit_round(store: Store, settings: LoopSettings, loop_id: str, round_: int) -
     elif previous.get("selected") is not None:
         selected = previous["selected"]
     else:
-        selected = select_most_uncertain(candidates, scores, settings.batch_size)
+        selected = select_most_uncertain(candidates, ranking, settings.batch_size)
     failures = list(store.failures.find({"loop_id": loop_id, "resolved": False}, {"key": 1, "round": 1}))
     doc = {
         "loop_id": loop_id, "round": round_, "started": previous.get("started", started),
@@ -206,8 +220,9 @@ def fit_round(store: Store, settings: LoopSettings, loop_id: str, round_: int) -
         "n_failed": len(missing), "failed_keys": [f["key"] for f in failures],
         "model_id": model_id, "rmse": errors, "n_test": len(test),
         "parity": {"F_ref": ref.tolist(), "F_pred": pred.tolist()},
-        "n_pool": len(candidates), "sigma_f": scores.tolist(), "max_sigma_f": max_s,
-        "median_sigma_f": float(np.median(scores)) if len(scores) else 0.0,
+        "n_pool": len(candidates), "sigma_f": sigma.tolist(), "max_sigma_f": max_s,
+        "median_sigma_f": float(np.median(sigma)) if len(sigma) else 0.0,
+        "rel_unc": rel.tolist(), "max_rel_unc": float(rel.max()) if len(rel) else 0.0,
         "threshold": settings.threshold, "criterion": settings.criterion,
         "selected": selected, "converged": bool(converged),
         "stop_reason": ("converged" if converged else "pool_exhausted" if exhausted

@@ -56,7 +56,7 @@ def _fmt_round(value: Any) -> str:
 
 
 def learning_curve_figure(docs: list[dict]):
-    """Force RMSE on the test split vs training-set size; pool σ_F vs round with the threshold."""
+    """Force RMSE on the test split vs training-set size; pool σ_F (max_i ‖σ F_i‖, eV/Å) vs round."""
     if not docs:
         return None
     fig = _figure(10.0, 4.0)
@@ -90,7 +90,7 @@ def learning_curve_figure(docs: list[dict]):
             ax2.plot(*zip(*pts), style, label=label, ms=5)
     _threshold_line(ax2, docs)
     ax2.set_xlabel("round")
-    ax2.set_ylabel("relative force uncertainty σ_F")
+    ax2.set_ylabel("σ_F = max_i ‖σ F_i‖ (eV/Å)")
     ax2.set_title("committee uncertainty of the pool")
     _integer_xaxis(ax2)
     ax2.grid(alpha=0.3)
@@ -137,7 +137,7 @@ def sigma_f_figure(docs: list[dict]):
         ax.set_yscale("log")
     ax.set_xlim(min(positions) - 0.7, max(positions) + 0.7)
     ax.set_xlabel("round")
-    ax.set_ylabel("σ_F of scored candidates")
+    ax.set_ylabel("σ_F of scored candidates (eV/Å)")
     ax.set_title("pool uncertainty per round")
     ax.grid(alpha=0.3, axis="y")
     if ax.get_legend_handles_labels()[0]:

@@ -31,8 +31,8 @@ class LoopSettings:
     n_initial: int = 10
     n_test: int = 10
     batch_size: int = 50
-    threshold: float = 0.02
-    criterion: str = "rel_force_unc"
+    threshold: float = 0.02             # eV/Å: stop when max_i ‖σ F_i‖ over the pool is below it
+    criterion: str = "rel_force_unc"    # ranking of candidates: relative or absolute force uncertainty
     max_rounds: int = 10
     chunk_size: int = 1                 # structures per labelling Firework
     seed: int = 0
