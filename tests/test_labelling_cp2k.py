@@ -41,3 +41,18 @@ def test_cp2k_scf_failure_is_a_record(tmp_path):
     assert isinstance(out, LabelFailure)
     assert out.corrections, "custodian should have tried a correction"
     assert (tmp_path / "cp2k.out").exists()
+
+
+def test_corrections_read_back_from_custodian_json_name_the_handler(tmp_path):
+    """custodian.json stores handlers as dicts; the record must still name the class."""
+    import json
+
+    from moire_al.labelling.cp2k import _corrections_from_log
+
+    log = [{"corrections": [{"errors": ["Unconverged SCF"], "actions": [{"dict": "mixing"}],
+                             "handler": {"@module": "custodian.cp2k.handlers",
+                                         "@class": "UnconvergedScfErrorHandler"}}]}]
+    (tmp_path / "custodian.json").write_text(json.dumps(log))
+    (corr,) = _corrections_from_log(str(tmp_path))
+    assert corr["handler"] == "UnconvergedScfErrorHandler"
+    assert corr["errors"] == ["Unconverged SCF"]

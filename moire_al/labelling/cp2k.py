@@ -223,13 +223,21 @@ class Cp2kLabeller:
         return _corrections(self._last_log)
 
 
+def _handler_name(handler) -> str | None:
+    """A handler's class name, from the live object or its custodian.json form."""
+    if handler is None:
+        return None
+    if isinstance(handler, dict):  # read back from custodian.json (MSONable)
+        return handler.get("@class")
+    return type(handler).__name__
+
+
 def _corrections(run_log) -> list:
     out = []
     for job in run_log or []:
         for corr in job.get("corrections", []):
             out.append({"errors": corr.get("errors"), "actions": corr.get("actions"),
-                        "handler": type(corr.get("handler")).__name__
-                        if corr.get("handler") is not None else None})
+                        "handler": _handler_name(corr.get("handler"))})
     return out
 
 
