@@ -29,6 +29,7 @@ from moire_al.errors import DatabaseError
 
 SERVER_EXE = "secantusd-py"
 START_TIMEOUT = 60.0
+LOCK_GRACE = 5.0  # seconds a lock of a process that just died may take to go
 
 
 @dataclass
@@ -81,12 +82,21 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    # A zombie child still answers kill(0); look at its state.
+    # A zombie still answers kill(0). Look at every thread: after SIGKILL the group
+    # leader turns zombie while its other threads (which share the open files, and
+    # so the storage lock) may still be exiting.
     try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
+        tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return True
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as fh:
+                if fh.read().split(")")[-1].split()[0] not in ("Z", "X"):
+                    return True
+        except OSError:
+            continue
+    return False
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
@@ -180,8 +190,11 @@ def start(port: int | None = None, path: Path | None = None, host: str = "127.0.
             f"a server (pid {existing.pid}) holds {path} but does not answer on "
             f"{existing.uri}; see {path / 'secantusd.log'}"
         )
-    if _dir_locked(path):
-        raise DatabaseError(f"data dir {path} is locked by another database process; stop it or choose --path")
+    deadline = time.time() + LOCK_GRACE
+    while _dir_locked(path):  # a server that just died may still be releasing it
+        if time.time() > deadline:
+            raise DatabaseError(f"data dir {path} is locked by another database process; stop it or choose --path")
+        time.sleep(0.2)
     port = port or config.DEFAULT_PORT
     if port_in_use(port, host):
         raise DatabaseError(f"port {port} on {host} is already in use; choose another with --port")
