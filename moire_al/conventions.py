@@ -72,3 +72,29 @@ def label_key(atoms, labeller: str, settings: Mapping[str, Any]) -> str:
 
 def has_label(atoms) -> bool:
     return REF_ENERGY in atoms.info and REF_FORCES in atoms.arrays
+
+
+def plain(obj: Any, finite_only: bool = False, iso_dates: bool = False) -> Any:
+    """``obj`` as plain JSON/BSON data: numpy scalars and arrays to Python numbers and
+    lists, tuples and sets to lists, mapping keys to str, anything else to ``str``.
+
+    ``finite_only``: NaN/inf become None (for JSON files). ``iso_dates``: datetimes
+    become ISO strings (for JSON); by default they stay datetimes (BSON stores them).
+    """
+    import datetime as _dt
+
+    if isinstance(obj, dict):
+        return {str(k): plain(v, finite_only, iso_dates) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set)):
+        return [plain(v, finite_only, iso_dates) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return plain(obj.tolist(), finite_only, iso_dates)
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and finite_only and not np.isfinite(obj):
+        return None
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    if isinstance(obj, _dt.datetime):
+        return obj.isoformat() if iso_dates else obj
+    return str(obj)

@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 import numpy as np
+from moire_al.conventions import plain
 
 # In-plane lattice constants (Å) used when a structure does not say otherwise.
 LATTICE_CONSTANT = {"graphene": 2.46, "hbn": 2.504}
@@ -62,21 +63,8 @@ def attach(atoms, calc):
 
 
 def jsonable(obj: Any) -> Any:
-    """Convert numpy scalars/arrays (recursively) into plain Python types."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, (np.bool_,)):
-        return bool(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        x = float(obj)
-        return x if math.isfinite(x) else None
-    return obj
+    """Results as plain JSON: numpy to Python, NaN/inf to None."""
+    return plain(obj, finite_only=True)
 
 
 def write_json(result: dict, path: str) -> str:

@@ -15,12 +15,13 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from moire_al import conventions as conv
 from moire_al.errors import LabelError, StructureError
+from moire_al.conventions import plain
 
 
 def _finite_array(name: str, value, shape=None) -> np.ndarray:
@@ -46,18 +47,8 @@ def _finite(name: str, value) -> float:
 
 
 def jsonable(obj):
-    """Make settings/corrections plain JSON/BSON: numpy → lists/floats, tuples → lists."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return str(obj)
+    """Settings/corrections as plain JSON/BSON (see :func:`moire_al.conventions.plain`)."""
+    return plain(obj)
 
 
 @dataclass

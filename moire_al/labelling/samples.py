@@ -35,7 +35,7 @@ def _fill(cell2: np.ndarray, a: float, species, rot: np.ndarray, shift: np.ndarr
         species = species[::-1]
     span = int(np.ceil(np.abs(cell2).sum() / a)) + 2
     inv = np.linalg.inv(cell2)
-    out_pos, out_sym = [], []
+    out_pos = []
     for i in range(-span, span + 1):
         for j in range(-span, span + 1):
             for site, sym in zip(sites, species):

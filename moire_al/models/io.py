@@ -15,20 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from moire_al.errors import ModelError
+from moire_al.conventions import plain as _jsonable
 
 log = logging.getLogger(__name__)
-
-
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, (np.floating, np.integer)):
-        return x.item()
-    return x
 
 
 def acejax_tree(model):

@@ -23,26 +23,13 @@ from ase import Atoms
 
 from moire_al.conventions import REF_D3, REF_ENERGY, REF_FORCES, REF_LABELLER, REF_STRESS, structure_hash
 from moire_al.errors import LabelError
+from moire_al.conventions import plain as _jsonable
 
 MODEL_BUCKET = "model_files"
 
 
 def utcnow() -> _dt.datetime:
     return _dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None)
-
-
-def _jsonable(v):
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, (str, int, float, bool)) or v is None:
-        return v
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    return str(v)
 
 
 def atoms_to_doc(atoms: Atoms) -> dict:

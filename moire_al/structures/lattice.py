@@ -26,6 +26,7 @@ from ase import Atoms
 
 from moire_al.conventions import structure_hash
 from moire_al.errors import StructureError
+from moire_al.conventions import plain
 
 VACUUM = 20.0  # Å of vacuum along c, on top of the stack thickness
 
@@ -168,21 +169,9 @@ def assemble(
     return atoms
 
 
-def _jsonable(x):
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (np.floating,)):
-        return float(x)
-    if isinstance(x, tuple):
-        return list(x)
-    return str(x)
-
-
 def params_json(params: dict) -> str:
     """Stable JSON text of generator parameters (numpy values converted)."""
-    return json.dumps(params, sort_keys=True, default=_jsonable, separators=(",", ":"))
+    return json.dumps(plain(params), sort_keys=True, separators=(",", ":"))
 
 
 def finalize(atoms: Atoms, generator: str, params: dict, material: str, seed=None, **extra) -> Atoms:

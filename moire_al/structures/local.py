@@ -26,7 +26,7 @@ from ase import Atoms
 
 from moire_al.errors import StructureError
 from moire_al.structures.lattice import (
-    VACUUM, assemble, basis_frac, bond_length, finalize, layer_sites, material_info,
+    VACUUM, assemble, basis_frac, finalize, layer_sites, material_info,
     primitive_vectors, rotation, stacking_layout,
 )
 from moire_al.structures.twisted import (

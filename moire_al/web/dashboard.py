@@ -24,6 +24,7 @@ from flask import Blueprint, Response, abort, current_app, jsonify, render_templ
 
 from moire_al.workflows import report
 from moire_al.workflows.report import _num, _rmse
+from moire_al.conventions import plain
 
 blueprint = Blueprint("learning", __name__, url_prefix="/learning", template_folder="templates")
 
@@ -227,15 +228,7 @@ def loop_json(loop_id: str):
 
 
 def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, _dt.datetime):
-        return obj.isoformat()
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return str(obj)
+    return plain(obj, iso_dates=True)
 
 
 # --------------------------------------------------------------------------- plots
