@@ -372,3 +372,21 @@ def test_score_kinds_agree_with_predict(fitted, linear_data):
     assert np.allclose(fitted.score(sub), fitted.score(sub, d3=True), rtol=0.2)
     with pytest.raises(ModelError):
         fitted.score(sub, kind="nope")
+
+
+def test_fit_cli_d3_auto_follows_the_labels():
+    """Reference-potential labels already bind the layers: the CLI adds no D3 to them."""
+    import argparse
+
+    from ase.build import graphene
+
+    from moire_al.models.cli import _want_d3
+
+    ref, dft = graphene(), graphene()
+    ref.info["REF_labeller"] = "reference"
+    dft.info["REF_labeller"] = "cp2k"
+    auto = argparse.Namespace(d3="auto", no_d3=False)
+    assert _want_d3(auto, [ref, ref]) is False
+    assert _want_d3(auto, [ref, dft]) is True
+    assert _want_d3(argparse.Namespace(d3="on", no_d3=False), [ref]) is True
+    assert _want_d3(argparse.Namespace(d3="auto", no_d3=True), [dft]) is False

@@ -31,7 +31,10 @@ def register(subparsers) -> None:
     p.add_argument("--elements", help="comma-separated symbols (default: those in the data)")
     p.add_argument("--committee-size", type=int, default=32)
     p.add_argument("--weights", type=_weights, default=None, help="E=30,F=1,V=1")
-    p.add_argument("--no-d3", action="store_true", help="no D3(BJ) term (default: ACE + D3)")
+    p.add_argument("--d3", choices=("auto", "on", "off"), default="auto",
+                   help="add D3(BJ) to the model; auto (default): off when every label comes from the "
+                        "reference potential (its interlayer terms already bind the layers), else on")
+    p.add_argument("--no-d3", action="store_true", help="same as --d3 off")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-plots", action="store_true")
     p.set_defaults(func=fit_command)
@@ -59,6 +62,16 @@ def _read(path):
         raise ModelError(f"{path}: cannot read structures ({exc})") from exc
 
 
+def _want_d3(args, train) -> bool:
+    from moire_al.conventions import REF_LABELLER
+
+    if args.no_d3 or args.d3 == "off":
+        return False
+    if args.d3 == "on":
+        return True
+    return not all(at.info.get(REF_LABELLER) == "reference" for at in train)
+
+
 def fit_command(args) -> int:
     import json
     from pathlib import Path
@@ -70,7 +83,7 @@ def fit_command(args) -> int:
     test = _read(args.test) if args.test else None
     model = ACEModel(elements=args.elements.split(",") if args.elements else None, order=args.order,
                      totaldegree=args.totaldegree, rcut=args.rcut, committee_size=args.committee_size,
-                     weights=args.weights, d3=not args.no_d3, seed=args.seed)
+                     weights=args.weights, d3=_want_d3(args, train), seed=args.seed)
     model.fit(train)
     tables = {"train": model.fit_report_["train"]}
     if test:
