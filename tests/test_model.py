@@ -390,3 +390,19 @@ def test_fit_cli_d3_auto_follows_the_labels():
     assert _want_d3(auto, [ref, dft]) is True
     assert _want_d3(argparse.Namespace(d3="on", no_d3=False), [ref]) is True
     assert _want_d3(argparse.Namespace(d3="auto", no_d3=True), [dft]) is False
+
+
+def test_predict_cli_rejects_overlapping_atoms_in_one_line(tmp_path):
+    """A user's file with atoms 0.1 Å apart fails before any model is loaded."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    f = tmp_path / "overlap.xyz"
+    f.write_text('2\nLattice="2.46 0 0 0 2.46 0 0 0 20" Properties=species:S:1:pos:R:3\n'
+                 "C 0 0 0\nC 0.1 0 0\n")
+    exe = str(Path(sys.executable).with_name("moire-al"))
+    r = subprocess.run([exe, "predict", str(tmp_path / "no-model"), str(f), "-o", str(tmp_path / "o.xyz")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert r.stderr.strip().count("\n") == 0 and "overlap" in r.stderr

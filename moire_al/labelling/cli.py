@@ -5,7 +5,6 @@ Only stdlib imports at module top; the labellers load inside the handler.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 
@@ -44,25 +43,10 @@ def _read_settings(path):
 
 
 def _read_input(path):
-    from moire_al.errors import StructureError
+    """Structures to label, validated (cells, overlaps, species, NaN)."""
+    from moire_al.structures import read_structures
 
-    try:
-        from moire_al.structures import read_structures  # validates
-    except ImportError:
-        read_structures = None
-    if read_structures is not None:
-        return read_structures(path)
-    import ase.io
-
-    from moire_al.labelling.base import check_structure
-
-    try:
-        images = ase.io.read(path, ":")
-    except Exception as exc:
-        raise StructureError(f"cannot read {path}: {exc}") from exc
-    for i, at in enumerate(images):
-        check_structure(at, f"#{i} of {path}")
-    return images
+    return read_structures(path)
 
 
 def _atomic_write(path, images):

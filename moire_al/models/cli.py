@@ -50,16 +50,10 @@ def register(subparsers) -> None:
 
 
 def _read(path):
-    import ase.io
+    """Structures from a file, validated (cells, overlaps, species, NaN): one clear line on error."""
+    from moire_al.structures import read_structures
 
-    from moire_al.errors import ModelError
-
-    try:
-        return list(ase.io.read(path, ":"))
-    except FileNotFoundError:
-        raise ModelError(f"{path}: no such file") from None
-    except Exception as exc:
-        raise ModelError(f"{path}: cannot read structures ({exc})") from exc
+    return read_structures(path)
 
 
 def _want_d3(args, train) -> bool:
@@ -112,8 +106,8 @@ def predict_command(args) -> int:
 
     from moire_al.models.ace import ACEModel
 
+    structures = _read(args.input)  # bad input fails before the model (and JAX) loads
     model = ACEModel.load(args.model)
-    structures = _read(args.input)
     preds = model.predict(structures)
     out = []
     for at, p in zip(structures, preds):
