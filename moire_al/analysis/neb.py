@@ -79,7 +79,7 @@ def vacancy_migration(atoms, calc, calc_name: str | None = None, layer: int | No
     images.append(final)
     initial.calc = calc
     final.calc = calc
-    neb = NEB(images, climb=climb, allow_shared_calculator=True)
+    neb = NEB(images, climb=climb, allow_shared_calculator=True, method="improvedtangent")
     neb.interpolate(method="idpp", mic=True)
     opt = FIRE(neb, logfile=None)
     converged = bool(opt.run(fmax=fmax, steps=steps))
