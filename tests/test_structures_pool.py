@@ -21,3 +21,14 @@ def test_pool_keeps_atoms_apart(material):
     # ... and the largest rattles really are large (the guard did not just shrink them).
     rattled = [at for at in make_pool(material, seed=0) if at.info["generator"] == "rattled_monolayer"]
     assert max(np.abs(at.positions[:, 2] - np.median(at.positions[:, 2])).max() for at in rattled) > 0.3
+
+
+def test_monolayer_only_pool_needs_no_parent_cells():
+    from moire_al.structures import PoolRecipe
+
+    recipe = PoolRecipe.from_dict({"monolayer_sizes": [1, 2], "n_rattled_per_size": 2, "n_local_angles": 0,
+                                   "bilayer_cells": [], "bilayer_supercell": None, "n_trilayers": 0,
+                                   "n_quadrilayers": 0, "n_pentalayers": 0, "multilayer_cells": [],
+                                   "multilayer_supercell": None})
+    pool = make_pool("graphene", recipe, seed=0)
+    assert len(pool) == 4 and {at.info["n_layers"] for at in pool} == {1}

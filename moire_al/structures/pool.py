@@ -167,6 +167,8 @@ def _monolayers(material, recipe, seed, rng):
 def _bilayers(material, recipe, seed, rng):
     _, a, _, _ = material_info(material)
     stacking = recipe.hbn_stacking if material == "hbn" else "AA"
+    if int(recipe.n_local_angles) <= 0:
+        return []  # no bilayers asked for: no parent cells needed
     parents = _parents(recipe.bilayer_cells, recipe.bilayer_supercell)
     out = []
     for theta in np.linspace(0.0, recipe.max_local_angle, int(recipe.n_local_angles)):
@@ -189,6 +191,8 @@ def _bilayers(material, recipe, seed, rng):
 def _multilayers(material, recipe, seed, rng):
     _, a, _, _ = material_info(material)
     stacking = recipe.hbn_stacking if material == "hbn" else "AA"
+    if recipe.n_trilayers + recipe.n_quadrilayers + recipe.n_pentalayers <= 0:
+        return []
     parents = _parents(recipe.multilayer_cells, recipe.multilayer_supercell)
     A = primitive_vectors(a)
     out = []
