@@ -234,34 +234,13 @@ class Store:
 
     def put_round(self, doc: dict) -> None:
         self.rounds.update_one({"loop_id": doc["loop_id"], "round": doc["round"]},
-                               {"$set": _jsonable({k: v for k, v in doc.items() if k not in ("started", "finished")})
-                                | {k: doc[k] for k in ("started", "finished") if k in doc}},
-                               upsert=True)
+                               {"$set": _jsonable(doc)}, upsert=True)  # datetimes stay BSON dates
 
     def get_round(self, loop_id: str, round_: int) -> dict | None:
         return self.rounds.find_one({"loop_id": loop_id, "round": round_}, {"_id": 0})
 
     def get_rounds(self, loop_id: str) -> list[dict]:
         return list(self.rounds.find({"loop_id": loop_id}, {"_id": 0}).sort("round", 1))
-
-    def claim(self, loop_id: str, round_: int, step: str, token: str) -> str:
-        """Atomically claim ``step`` of a round for ``token``; returns the holder's token.
-
-        Used to make dynamic Firetasks idempotent: a rerun step sees the claim of the
-        first run and does not add its branch to the workflow a second time.
-        """
-        from pymongo import ReturnDocument
-
-        field = f"claims.{step}"
-        doc = self.rounds.find_one_and_update(
-            {"loop_id": loop_id, "round": round_},
-            {"$setOnInsert": {"loop_id": loop_id, "round": round_}},
-            upsert=True, return_document=ReturnDocument.AFTER)
-        if step in doc.get("claims", {}):
-            return doc["claims"][step]
-        self.rounds.update_one({"loop_id": loop_id, "round": round_, field: {"$exists": False}},
-                               {"$set": {field: token}})
-        return self.rounds.find_one({"loop_id": loop_id, "round": round_})["claims"][step]
 
 
 def dumps_params(params: dict) -> str:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from fireworks import Firework, FiretaskBase, FWAction, Workflow, explicit_serialize
 
-from moire_al.store.mongo import Store, _jsonable, utcnow
+from moire_al.conventions import plain
+from moire_al.store.mongo import Store, utcnow
 
 SUITE_STEPS = ("moire", "binding", "stress_strain", "phonons_monolayer", "phonons_ab", "phonons_twisted",
                "neb_vacancy", "defects", "moire_sweep")
@@ -60,8 +61,7 @@ class AnalysisTask(FiretaskBase):
         doc = {"model_id": model_id or "reference", "analysis": name, "material": self["material"],
                "calc_name": calc_name, "result": out["results"].get(name), "error": out["errors"].get(name),
                "launch_dir": os.getcwd(), "created": utcnow(), "fw_id": getattr(self, "fw_id", None)}
-        store.db["analyses"].insert_one(_jsonable({k: v for k, v in doc.items() if k != "created"})
-                                        | {"created": doc["created"]})
+        store.db["analyses"].insert_one(plain(doc))
         if doc["error"]:
             raise MoireALError(f"analysis {name} failed: {doc['error']}")
         return FWAction(stored_data={"analysis": name, "model_id": doc["model_id"]})

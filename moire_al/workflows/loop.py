@@ -60,27 +60,20 @@ def committee_scores(model, atoms_list) -> tuple[np.ndarray, np.ndarray]:
 
 
 def force_errors(model, atoms_list) -> dict:
-    """RMSE of energy (meV/atom) and forces (eV/Å; all, in-plane, out-of-plane).
-
-    Each structure is compared in its label's convention: D3 is added to the
-    prediction only when the label contains it (``REF_d3``).
-    """
-    from moire_al.conventions import REF_D3, REF_ENERGY, REF_FORCES
+    """RMSE on labelled structures (energy meV/atom; forces eV/Å, all, in-plane, out-of-plane),
+    each compared in its label's D3 convention, plus the force components for a parity plot."""
+    from moire_al.models.metrics import error_arrays, predict_like_labels, rmse_table
 
     if not atoms_list:
         return {}
-    preds = [model.predict_one(a, committee=False, stress=False, d3=bool(a.info.get(REF_D3, False)))
-             for a in atoms_list]
-    de = [(p["energy"] - a.info[REF_ENERGY]) / len(a) for p, a in zip(preds, atoms_list)]
-    ref = np.concatenate([a.arrays[REF_FORCES] for a in atoms_list])
-    pred = np.concatenate([np.asarray(p["forces"]) for p in preds])
-    d = pred - ref
+    preds = predict_like_labels(model, atoms_list, committee=False)
+    row = rmse_table(model, atoms_list, preds)["all"]
+    groups = error_arrays(model, atoms_list, preds).values()
     return {
-        "E_meV_atom": float(1000 * np.sqrt(np.mean(np.square(de)))),
-        "F": float(np.sqrt(np.mean(d ** 2))),
-        "F_inplane": float(np.sqrt(np.mean(d[:, :2] ** 2))),
-        "F_outofplane": float(np.sqrt(np.mean(d[:, 2] ** 2))),
-        "_ref": ref.ravel(), "_pred": pred.ravel(),
+        "E_meV_atom": row["E_meV_per_atom"], "F": row["F_eV_per_A"],
+        "F_inplane": row["F_inplane_eV_per_A"], "F_outofplane": row["F_outofplane_eV_per_A"],
+        "_ref": np.concatenate([g["F_ref"] for g in groups]),
+        "_pred": np.concatenate([g["F_pred"] for g in groups]),
     }
 
 

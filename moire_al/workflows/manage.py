@@ -137,7 +137,7 @@ def write_report(store: Store, loop_id: str, outdir: str | Path) -> Path:
     rounds = [r for r in store.get_rounds(loop_id) if "n_train" in r]
     report.write_plots(rounds, outdir)
     (outdir / "rounds.json").write_text(json.dumps(
-        [{k: v for k, v in r.items() if k not in ("sigma_f", "parity", "claims")} for r in rounds],
+        [{k: v for k, v in r.items() if k not in ("sigma_f", "rel_unc", "parity")} for r in rounds],
         indent=1, default=str))
     (outdir / "status.txt").write_text(status_table(store, loop_id) + "\n")
     if rounds:
