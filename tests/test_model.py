@@ -406,3 +406,87 @@ def test_predict_cli_rejects_overlapping_atoms_in_one_line(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 1
     assert r.stderr.strip().count("\n") == 0 and "overlap" in r.stderr
+
+
+# ---------------------------------------------------------------- the compiled CPU kernel
+def _kernel_or_skip():
+    from moire_al.models import fast
+
+    if not fast.available():
+        pytest.skip(f"ace-jax CPU kernel unavailable: {fast.unavailable_reason()}")
+    return fast
+
+
+def test_kernel_evaluator_agrees_with_jax_and_is_a_gradient(fitted):
+    fast = _kernel_or_skip()
+    at = _bilayer(11, rattle=0.12)
+    ref = fitted.predict_one(at, committee=False, d3=False)
+    k = at.copy()
+    k.calc = fast.FastACECalculator(fitted)
+    assert abs(k.get_potential_energy() - ref["energy"]) < 1e-8 * len(at)
+    assert np.abs(k.get_forces() - ref["forces"]).max() < 1e-7
+    assert np.abs(k.get_stress() - ref["stress"]).max() < 1e-9
+    assert k.calc.results["energies"].sum() == pytest.approx(k.get_potential_energy(), abs=1e-9)
+    # finite differences through the ghost images: forces and stress
+    h = 1e-5
+    for i, a in ((0, 0), (len(at) - 1, 2), (5, 1)):
+        p, m = k.copy(), k.copy()
+        p.positions[i, a] += h
+        m.positions[i, a] -= h
+        p.calc = fast.FastACECalculator(fitted)
+        m.calc = fast.FastACECalculator(fitted)
+        fd = -(p.get_potential_energy() - m.get_potential_energy()) / (2 * h)
+        assert fd == pytest.approx(k.get_forces()[i, a], abs=1e-6)
+    eps = 1e-6
+    es = []
+    for sgn in (1, -1):
+        s = k.copy()
+        strain = np.eye(3)
+        strain[0, 1] = strain[1, 0] = sgn * eps / 2
+        s.set_cell(k.cell.array @ strain, scale_atoms=True)
+        s.calc = fast.FastACECalculator(fitted)
+        es.append(s.get_potential_energy())
+    assert (es[0] - es[1]) / (2 * eps) / k.get_volume() == pytest.approx(k.get_stress()[5], abs=1e-7)
+
+
+def test_kernel_neighbour_list_reuse_and_rebuild(fitted):
+    fast = _kernel_or_skip()
+    at = _bilayer(12, rattle=0.05)
+    calc = fast.FastACECalculator(fitted, skin=1.0)
+    at.calc = calc
+    at.get_forces()
+    rng = np.random.default_rng(3)
+    for step in range(3):                      # small moves: the list is reused ...
+        at.positions += rng.normal(0, 0.05, at.positions.shape)
+        f = at.get_forces()
+        fresh = at.copy()
+        fresh.calc = fast.FastACECalculator(fitted)
+        assert np.abs(f - fresh.get_forces()).max() < 1e-10   # ... and stays exact
+    assert calc.last_stats["rebuilds"] == 1 and calc.last_stats["calls"] == 4
+    at.positions[0] += [0.6, 0, 0]             # more than skin / 2: rebuilt
+    at.get_forces()
+    assert calc.last_stats["rebuilds"] == 2
+    at.set_cell(at.cell.array * 1.01, scale_atoms=True)   # a new cell: rebuilt
+    at.get_forces()
+    assert calc.last_stats["rebuilds"] == 3
+    at.positions[1] = np.nan
+    with pytest.raises(ModelError, match="not finite"):
+        at.get_forces()
+
+
+def test_model_calculator_uses_the_kernel_and_keeps_d3(fitted):
+    _kernel_or_skip()
+    at = _bilayer(13, rattle=0.08)
+    p = fitted.predict_one(at, committee=False)     # JAX, with D3 (fitted has d3=True)
+    a = at.copy()
+    a.calc = fitted.calculator(committee=False)
+    e = a.get_potential_energy()
+    assert a.calc.evaluator == "kernel"
+    assert e == pytest.approx(p["energy"], abs=1e-7) and np.abs(a.get_forces() - p["forces"]).max() < 1e-7
+    b = at.copy()
+    from moire_al.models.calculator import ACEModelCalculator
+
+    b.calc = ACEModelCalculator(fitted, committee=False, evaluator="jax")
+    assert b.get_potential_energy() == pytest.approx(e, abs=1e-7) and b.calc.evaluator == "jax"
+    with pytest.raises(ModelError, match="evaluator"):
+        ACEModelCalculator(fitted, committee=False, evaluator="fortran")

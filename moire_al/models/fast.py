@@ -1,0 +1,209 @@
+"""A fast CPU evaluator of the posterior mean: ace-jax's C++ kernel over periodic ghosts.
+
+ace-jax ships a compiled CPU kernel for lean linear ACE (``ace_jax.eval.ffi``,
+written for LAMMPS): positions of *all* atoms (owned and ghost) in, site energies
+of the owned rows and forces on every atom out, for a neighbour matrix of
+indices. It has no notion of a cell, so this module supplies what LAMMPS would:
+
+* the periodic images within ``rcut + skin`` of the cell become ghost atoms
+  (owner index + lattice shift), and the neighbour matrix points into
+  [owned | ghosts];
+* the list is kept (Verlet skin) until an atom has moved ``skin / 2`` or the cell,
+  pbc or species change; between rebuilds only the ghost positions are refreshed;
+* forces on ghosts are folded back onto their owners; the stress is the virial
+  ``-(1/V) Σ_a f_a ⊗ x_a`` over owned and ghost atoms, which is exact because the
+  energy depends on the cell only through the ghost positions.
+
+The kernel is compiled on first use with the machine's C++ compiler (cached by
+ace-jax); :func:`available` says whether that works. :class:`FastACECalculator` is
+an ASE calculator of the ACE part (E0 included; D3, when the model has it, is added
+by :class:`~moire_al.models.calculator.ACEModelCalculator`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import numpy as np
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+
+from moire_al.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+_LOCK = threading.Lock()
+_STATUS: dict = {}
+
+
+def available() -> bool:
+    """True when ace-jax's CPU kernel compiles (or is cached) and registers here."""
+    with _LOCK:
+        if "ok" not in _STATUS:
+            try:
+                from ace_jax.eval import ffi
+
+                ffi.register(ffi.library())
+                _STATUS["ok"] = True
+            except Exception as exc:  # no compiler, a failed compile, an API change
+                _STATUS["ok"] = False
+                _STATUS["why"] = f"{type(exc).__name__}: {exc}"
+                log.warning("ace-jax CPU kernel unavailable, using the JAX evaluator: %s", _STATUS["why"])
+        return _STATUS["ok"]
+
+
+def unavailable_reason() -> str | None:
+    available()
+    return _STATUS.get("why")
+
+
+def kernel_model(ace_model):
+    """The lean float64 ace-jax model with a radial table that the kernel evaluates."""
+    from ace_jax.eval.model import lean
+
+    from .io import acejax_tree
+
+    return lean(acejax_tree(ace_model), radial_table=True)
+
+
+class _GhostList:
+    """Owned + ghost atoms and the (K, n) neighbour matrix for ``cutoff`` (= rcut + skin)."""
+
+    def __init__(self, atoms, cutoff: float):
+        from ace_jax.eval.nlist import _neighbour_list
+
+        n = len(atoms)
+        pos = np.ascontiguousarray(atoms.positions, float)
+        cell = np.asarray(atoms.cell.array, float)
+        pbc = np.asarray(atoms.pbc, bool)
+        if not pbc.any():
+            cell = np.eye(3) * (np.ptp(pos, axis=0).max() + 2 * cutoff + 1.0)
+        i, j, D, _ = _neighbour_list(pos, cell, pbc, cutoff)
+        # the image shift from the edge vectors themselves: a backend may wrap positions
+        # internally, so its S need not refer to these (possibly unwrapped) positions
+        frac = np.linalg.solve(cell.T, (pos[i] + D - pos[j]).T).T
+        S = np.rint(frac).astype(np.int64)
+        image = np.any(S != 0, axis=1)
+        # each distinct (owner, shift) image becomes one ghost
+        key = np.concatenate([j[image, None], S[image]], axis=1)
+        uniq, inv = np.unique(key, axis=0, return_inverse=True)
+        self.n = n
+        self.owner = np.concatenate([np.arange(n), uniq[:, 0]]).astype(np.int64)
+        self.shift = np.concatenate([np.zeros((n, 3), np.int64), uniq[:, 1:]])
+        target = j.astype(np.int64).copy()
+        target[image] = n + inv.reshape(-1)
+        counts = np.bincount(i, minlength=n)
+        K = max(1, int(counts.max(initial=1)))
+        start = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        slot = np.arange(len(i)) - start[i]
+        nbr = np.full((K, n), -1, np.int32)
+        nbr[slot, i] = target
+        self.nbr = nbr
+        self.count = counts.astype(np.int32)
+        self.ref_positions = pos.copy()
+        self.cell = np.asarray(atoms.cell.array, float).copy()
+        self.pbc = pbc.copy()
+        self.numbers = atoms.numbers.copy()
+
+    def positions(self, atoms) -> np.ndarray:
+        return atoms.positions[self.owner] + self.shift @ np.asarray(atoms.cell.array, float)
+
+    def valid(self, atoms, skin: float) -> bool:
+        if (len(atoms) != self.n or not np.array_equal(atoms.numbers, self.numbers)
+                or not np.array_equal(atoms.pbc, self.pbc)
+                or not np.allclose(atoms.cell.array, self.cell, rtol=0, atol=1e-12)):
+            return False
+        moved = np.sqrt(((atoms.positions - self.ref_positions) ** 2).sum(1)).max(initial=0.0)
+        return bool(moved < 0.5 * skin)
+
+
+class FastACECalculator(Calculator):
+    """Posterior-mean ACE energy, forces and stress through ace-jax's C++ CPU kernel.
+
+    Parameters: ``ace_model`` a fitted :class:`~moire_al.models.ace.ACEModel`;
+    ``skin`` (Å) of the reused neighbour list. The D3 term is not included.
+    ``last_stats`` holds the call count and neighbour-list rebuilds.
+    """
+
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+
+    def __init__(self, ace_model, skin: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        if not available():
+            raise ModelError(f"the ace-jax CPU kernel is unavailable: {unavailable_reason()}")
+        from ace_jax.eval import ffi
+
+        self.ace_model = ace_model
+        self.skin = float(skin)
+        self.rcut = float(ace_model.basis_.rcut)
+        self._kmodel = kernel_model(ace_model)
+        self._attrs, self._consts = ffi.kernel_inputs(self._kmodel)
+        self._z2i = {int(z): k for k, z in enumerate(ace_model.elements_)}
+        self._list = None
+        self.last_stats = {"calls": 0, "rebuilds": 0}
+
+    def _species(self, numbers) -> np.ndarray:
+        try:
+            return np.array([self._z2i[int(z)] for z in numbers], np.int32)
+        except KeyError as exc:
+            from ase.data import chemical_symbols
+
+            raise ModelError(f"element {chemical_symbols[int(exc.args[0])]} is not in the model") from None
+
+    def _kernel(self, x, z, nbr, count):
+        import jax
+        import jax.numpy as jnp
+
+        from ace_jax.eval import ffi
+
+        w = jnp.ones(len(x), jnp.float64)
+        out = (jax.ShapeDtypeStruct((len(x),), jnp.float64), jax.ShapeDtypeStruct((len(x), 3), jnp.float64))
+        e, f = jax.ffi.ffi_call(ffi.TARGET, out)(
+            jnp.asarray(x), jnp.asarray(z), jnp.asarray(nbr), jnp.asarray(count), w, *self._consts,
+            **self._attrs, rc2=np.float64(self.rcut ** 2))
+        return np.asarray(e), np.asarray(f)
+
+    @staticmethod
+    def _closest_pair(x, gl) -> float:
+        live = gl.nbr >= 0
+        cols = np.broadcast_to(np.arange(gl.n), gl.nbr.shape)[live]
+        d = x[gl.nbr[live]] - x[cols]
+        return float(np.sqrt(np.einsum("ij,ij->i", d, d).min(initial=np.inf)))
+
+    def _exact(self, at, properties):
+        p = self.ace_model.predict_one(at, committee=False, stress=bool(at.pbc.all()), d3=False)
+        self.last_stats["exact_calls"] = self.last_stats.get("exact_calls", 0) + 1
+        self.results.update(energy=p["energy"], free_energy=p["energy"], forces=p["forces"])
+        if p.get("stress") is not None:
+            self.results["stress"] = p["stress"]
+        elif "stress" in properties:
+            raise PropertyNotImplementedError("stress needs a 3D periodic cell")
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        at = self.atoms
+        if not np.isfinite(at.positions).all():
+            raise ModelError("positions are not finite (NaN or inf)")
+        if self._list is None or not self._list.valid(at, self.skin):
+            self._list = _GhostList(at, self.rcut + self.skin)
+            self._species_ext = self._species(at.numbers)[self._list.owner]
+            self.last_stats["rebuilds"] += 1
+        gl = self._list
+        x = gl.positions(at)
+        if self._closest_pair(x, gl) < self._attrs["x0"]:
+            # below the radial table's range (0.5 Å) the kernel extrapolates a cubic:
+            # such a (collapsed) geometry gets the exact, slower basis evaluation
+            return self._exact(at, properties)
+        e, f = self._kernel(x, self._species_ext, gl.nbr, gl.count)
+        forces = np.zeros((gl.n, 3))
+        np.add.at(forces, gl.owner, f)
+        self.last_stats["calls"] += 1
+        energies = e[: gl.n]
+        self.results.update(energy=float(energies.sum()), free_energy=float(energies.sum()),
+                            energies=energies.copy(), forces=forces)
+        if at.pbc.all():  # the virial costs one pass over the atoms: always computed
+            W = -np.einsum("ai,aj->ij", f, x)
+            W = 0.5 * (W + W.T) / at.get_volume()
+            self.results["stress"] = W[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+        elif "stress" in properties:
+            raise PropertyNotImplementedError("stress needs a 3D periodic cell")
