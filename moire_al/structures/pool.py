@@ -27,13 +27,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from moire_al.errors import StructureError
-from moire_al.structures.lattice import bond_length, finalize, material_info, monolayer
+from moire_al.structures.lattice import bond_length, finalize, material_info, monolayer, multilayer
 from moire_al.structures.local import (
     default_radii, disregistry_covering, locally_twisted, shift_grid,
 )
 from moire_al.structures.twisted import commensurate_angle, commensurate_cell, primitive_vectors
 
-_FAMILY = {"monolayer": 1, "bilayer": 2, "multilayer": 3}
+_FAMILY = {"monolayer": 1, "bilayer": 2, "multilayer": 3, "separation": 4}
+#: stackings of the binding-curve family per material
+SEPARATION_STACKINGS = {"graphene": ("AA", "AB", "SP"), "hbn": ("AA'", "AB", "AA")}
 
 
 @dataclass
@@ -59,6 +61,14 @@ class PoolRecipe:
     interlayer_range: tuple = (2.7, 4.0)
     multilayer_rattle: tuple = (0.01, 0.05)  # × d_AB
     hbn_stacking: str = "AA'"
+    # binding curves: untwisted bilayers of each high-symmetry stacking at interlayer
+    # distances from compressed to beyond the model cutoff, so that a fitted model knows
+    # where the layers bind and that the energy flattens when they part (without them a
+    # linear ACE trained at 3.4 Å extrapolates to a spurious minimum near 4.5 Å)
+    separation_range: tuple = (2.8, 7.0)
+    n_separations: int = 8
+    separation_supercell: int = 2
+    separation_rattle: float = 0.02          # × d_AB
 
     @classmethod
     def small(cls) -> "PoolRecipe":
@@ -228,9 +238,30 @@ def make_pool(material: str, recipe: PoolRecipe | None = None, seed: int = 0) ->
         recipe = PoolRecipe.from_dict(recipe)
     seed = int(seed)
     pool = []
-    for family, func in (("monolayer", _monolayers), ("bilayer", _bilayers), ("multilayer", _multilayers)):
+    for family, func in (("monolayer", _monolayers), ("bilayer", _bilayers), ("multilayer", _multilayers),
+                         ("separation", _separations)):
         rng = np.random.default_rng([seed, _FAMILY[family]])
         pool.extend(func(material, recipe, seed, rng))
     for i, at in enumerate(pool):
         at.info["pool_recipe"] = json.dumps(recipe.as_dict(), sort_keys=True, separators=(",", ":"))
     return pool
+
+
+def _separations(material, recipe, seed, rng):
+    """Binding curves: high-symmetry bilayers at geometrically spaced interlayer distances."""
+    _, a, _, _ = material_info(material)
+    n = int(recipe.n_separations)
+    if n <= 0:
+        return []
+    lo, hi = (float(x) for x in recipe.separation_range)
+    if not 0.0 < lo <= hi:
+        raise StructureError(f"separation_range must be 0 < min <= max, got {recipe.separation_range}")
+    out = []
+    for d in np.geomspace(lo, hi, n):
+        for stacking in SEPARATION_STACKINGS[material]:
+            at = multilayer(material, stacking, distances=float(d), n=int(recipe.separation_supercell), a=a)
+            std = float(recipe.separation_rattle) * bond_length(a)
+            _rattle(at, std, rng)
+            out.append(_tag(at, material, seed, "separation", len(out), "binding_curve",
+                            {"interlayer_distance": float(d), "rattle_std": std}))
+    return out
