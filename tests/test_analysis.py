@@ -161,6 +161,34 @@ def test_vacancy_formation_energy(gcalc):
     json.dumps(res)
 
 
+def test_all_defects_with_kc_z_where_kc_full_cannot_build_normals():
+    """KC-full stops at Stone-Wales and interstitial sites; REBO + KC/z takes all four."""
+    from moire_al.analysis.calculators import get_calculator
+    from moire_al.analysis.defects import defect_formation_energies
+    from moire_al.models import synthetic as S
+
+    zc = get_calculator("reference-z", "graphene")
+    full = reference_calculator("graphene")
+    e = {}
+    for name, c in (("z", zc), ("full", full)):
+        for st, sh in (("AB", [1.42, 0.0]), ("AA", [0.0, 0.0])):
+            at = S.stacked("graphene", 2, 3, d=3.4, shifts=[[0, 0], sh], rattle=0.0, seed=0)
+            at.calc = c
+            e[name, st] = at.get_potential_energy() / len(at)
+    assert e["z", "AB"] < e["z", "AA"]                      # same physics as KC-full ...
+    assert abs(e["z", "AB"] - e["full", "AB"]) < 0.005      # ... within a few meV/atom
+    host = structures.twisted_bilayer("graphene", m=2)
+    res = defect_formation_energies(host, zc, "reference:REBO+KC-z", fmax=0.02, steps=400)
+    assert not res["errors"], res["errors"]
+    ef = res["formation_energies"]
+    assert 6.5 < ef["vacancy"] < 8.5                        # REBO ~7.5 eV
+    assert 4.0 < ef["stone_wales"] < 8.0                    # REBO ~6 eV (DFT ~5 eV)
+    assert 0.0 < ef["interstitial_intralayer"] < 12.0 and 0.0 < ef["interstitial_interlayer"] < 12.0
+    assert all(d["converged"] for d in res["defects"].values())
+    with pytest.raises(Exception, match="graphene only"):
+        get_calculator("reference-z", "hbn")
+
+
 def test_cli_parses_and_calculator_resolution(tmp_path):
     from moire_al.analysis.calculators import get_calculator
     from moire_al.cli import build_parser

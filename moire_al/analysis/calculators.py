@@ -2,6 +2,9 @@
 
 - ``reference``: the classical reference potential of the material
   (:func:`moire_al.labelling.reference.reference_calculator`);
+- ``reference-z`` (graphene): REBO + KC with z normals, for defects where KC-full
+  cannot build its layer normals (Stone–Wales, interstitials); host and defects
+  must then all use it, so formation energies stay consistent;
 - ``intralayer``: only its intralayer part (REBO for graphene, Tersoff for hBN),
   for single layers with atoms the interlayer potentials cannot handle (KC-full
   and ILP stop when an atom has more than three same-layer neighbours within
@@ -47,6 +50,12 @@ def get_calculator(spec: str, material: str = "graphene"):
 
         calc = reference_calculator(material)
         return calc
+    if key.lower() == "reference-z":
+        from moire_al.labelling.reference import reference_calculator
+
+        if str(material).lower() != "graphene":
+            raise MoireALError("calculator 'reference-z' (REBO + KC/z) exists for graphene only")
+        return reference_calculator("graphene-z")
     if key.lower() == "intralayer":
         return intralayer_calculator(material)
     if key.lower() == "emt":
@@ -62,7 +71,7 @@ def get_calculator(spec: str, material: str = "graphene"):
             raise MoireALError(f"cannot load model {key!r}: moire_al.models unavailable "
                                f"({exc})") from exc
         return ACEModel.load(key).calculator(committee=False)  # the fast path: no committee
-    raise MoireALError(f"calculator spec {spec!r}: expected 'reference', 'intralayer', "
+    raise MoireALError(f"calculator spec {spec!r}: expected 'reference', 'reference-z', 'intralayer', "
                        "'emt', 'lj' or an existing model directory")
 
 
@@ -73,6 +82,8 @@ def calculator_name(spec: str, material: str = "graphene") -> str:
     if key.lower() == "reference":
         return {"graphene": "reference:REBO+KC-full", "hbn": "reference:Tersoff+ILP"}.get(
             str(material).lower(), "reference")
+    if key.lower() == "reference-z":
+        return "reference:REBO+KC-z"
     if os.path.exists(key):
         return "model:" + os.path.basename(os.path.normpath(key))
     return key.lower()

@@ -71,9 +71,19 @@ def run_suite(material: str, calc, calc_name: str, outdir: str, quick: bool = Fa
     step("neb_vacancy", lambda: neb.vacancy_migration(
         mono.repeat((5, 5, 1)), calc, calc_name, climb=not quick, n_images=5 if quick else 7,
         plot_path=os.path.join(outdir, "neb_vacancy.png")))
-    step("defects", lambda: defects.defect_formation_energies(
-        structures.twisted_bilayer(material, m=m_twist), calc, calc_name,
-        plot_path=os.path.join(outdir, "defects.png")))
+    def _defects():
+        dcalc, dname = calc, calc_name
+        from moire_al.labelling.reference import ReferencePotential, reference_calculator
+
+        if isinstance(calc, ReferencePotential) and material == "graphene":
+            # KC-full builds no layer normals at Stone-Wales and interstitial sites:
+            # host and every defect use REBO + KC/z, so the energies stay consistent
+            dcalc, dname = reference_calculator("graphene-z"), "reference:REBO+KC-z"
+        return defects.defect_formation_energies(
+            structures.twisted_bilayer(material, m=m_twist), dcalc, dname,
+            plot_path=os.path.join(outdir, "defects.png"))
+
+    step("defects", _defects)
     if not quick:
         step("moire_sweep", lambda: moire.moire_sweep(
             material, calc, calc_name, ms=(1, 2, 3, 4, 5, 6),

