@@ -10,7 +10,9 @@
 * E0 (per-species reference energies) is a least-squares (minimum-norm) fit of the
   per-atom energies on composition, subtracted before the Bayesian fit.
 * Rows (weights ``w_E, w_F, w_V``): energy per atom, force components, virial per
-  atom (stress · volume / N, eV); the noise std of a row is 1/(w √β).
+  atom (stress · volume / N, eV); the noise std of a row is 1/(w √β). A structure's
+  ``info["fit_weight"]`` (default 1) multiplies all of its rows (e.g. to favour the
+  near-equilibrium bilayers that decide a moiré relaxation over heavy rattles).
 * Normal equations are accumulated structure by structure (memory O(L²), not O(N L)).
 """
 
@@ -59,8 +61,26 @@ def training_set_hash(atoms_list) -> str:
         if REF_STRESS in at.info:
             h.update(np.round(np.asarray(at.info[REF_STRESS], float), 8).tobytes())
         h.update(str(bool(at.info.get(REF_D3, False))).encode())
+        if float(at.info.get("fit_weight", 1.0)) != 1.0:
+            h.update(f"w{float(at.info['fit_weight']):.6g}".encode())
         keys.append(h.hexdigest())
     return hashlib.sha256("".join(sorted(keys)).encode()).hexdigest()[:24]
+
+
+#: ``atoms.info`` key of a per-structure weight: it multiplies all rows of that structure
+WEIGHT_KEY = "fit_weight"
+
+
+def _structure_weight(atoms, name) -> float:
+    w = atoms.info.get(WEIGHT_KEY, 1.0)
+    try:
+        w = float(w)
+    except (TypeError, ValueError):
+        w = float("nan")
+    if not (np.isfinite(w) and w > 0):
+        raise ModelError(f"structure {name}: info[{WEIGHT_KEY!r}] must be a positive number, got "
+                         f"{atoms.info.get(WEIGHT_KEY)!r}")
+    return w
 
 
 class ACEModel:
@@ -144,7 +164,7 @@ class ACEModel:
             self.basis_ = ACEBasis(zs, self.order, self.totaldegree, self.rcut, self.wL)
         b = self.basis_
         L = b.L
-        wE, wF, wV = (float(self.weights[k]) for k in ("E", "F", "V"))
+        structure_weights = [_structure_weight(at, structure_name(at, k)) for k, at in enumerate(atoms_list)]
 
         # targets with D3 removed where needed, E0 by composition least squares
         targets = []
@@ -178,6 +198,8 @@ class ACEModel:
             n = len(at)
             PsiE, PsiF, PsiS = b.structure_rows(at, name)
             pad = lambda M: np.concatenate([M, np.zeros((M.shape[0], NZ))], axis=1)
+            ws = structure_weights[k]
+            wE, wF, wV = (ws * float(self.weights[key]) for key in ("E", "F", "V"))
             rowE = np.concatenate([PsiE, comp[k]])[None, :] / n
             rows = [(wE * rowE, wE * np.array([(E - comp[k] @ self.E0_) / n]))]
             rows.append((wF * pad(PsiF), wF * F.reshape(-1)))
@@ -198,6 +220,7 @@ class ACEModel:
         t_rows = time.perf_counter() - t_rows
         gamma = np.concatenate([np.maximum(b.gamma, 1.0) ** self.prior_power, np.ones(NZ)])
         t_solve = time.perf_counter()
+        wE, wF = float(self.weights["E"]), float(self.weights["F"])
         self.blr_ = BayesianLinearRegression(committee_size=self.committee_size, seed=self.seed)
         self.blr_.fit_normal(A, bv, yWy, n_obs, gamma, log_w2=log_w2)
         t_solve = time.perf_counter() - t_solve

@@ -69,6 +69,7 @@ class PoolRecipe:
     n_separations: int = 8
     separation_supercell: int = 2
     separation_rattle: float = 0.02          # × d_AB
+    n_separation_random: int = 0             # more: random registry, log-uniform distance
 
     @classmethod
     def small(cls) -> "PoolRecipe":
@@ -251,17 +252,25 @@ def _separations(material, recipe, seed, rng):
     """Binding curves: high-symmetry bilayers at geometrically spaced interlayer distances."""
     _, a, _, _ = material_info(material)
     n = int(recipe.n_separations)
-    if n <= 0:
+    n_random = int(recipe.n_separation_random)
+    if n <= 0 and n_random <= 0:
         return []
     lo, hi = (float(x) for x in recipe.separation_range)
     if not 0.0 < lo <= hi:
         raise StructureError(f"separation_range must be 0 < min <= max, got {recipe.separation_range}")
     out = []
-    for d in np.geomspace(lo, hi, n):
-        for stacking in SEPARATION_STACKINGS[material]:
-            at = multilayer(material, stacking, distances=float(d), n=int(recipe.separation_supercell), a=a)
-            std = float(recipe.separation_rattle) * bond_length(a)
-            _rattle(at, std, rng)
-            out.append(_tag(at, material, seed, "separation", len(out), "binding_curve",
-                            {"interlayer_distance": float(d), "rattle_std": std}))
+    std = float(recipe.separation_rattle) * bond_length(a)
+    cases = [(float(d), stacking, None) for d in (np.geomspace(lo, hi, n) if n > 0 else [])
+             for stacking in SEPARATION_STACKINGS[material]]
+    base = SEPARATION_STACKINGS[material][0]
+    for _ in range(max(n_random, 0)):
+        d = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+        cases.append((d, base, rng.uniform(0, 1, 2) @ primitive_vectors(a)))
+    for d, stacking, shift in cases:
+        shifts = None if shift is None else np.array([[0.0, 0.0], shift])
+        at = multilayer(material, stacking, distances=d, n=int(recipe.separation_supercell), a=a,
+                        shifts=shifts)
+        _rattle(at, std, rng)
+        extra = {"interlayer_distance": d, "rattle_std": std}
+        out.append(_tag(at, material, seed, "separation", len(out), "binding_curve", extra))
     return out
