@@ -490,3 +490,25 @@ def test_model_calculator_uses_the_kernel_and_keeps_d3(fitted):
     assert b.get_potential_energy() == pytest.approx(e, abs=1e-7) and b.calc.evaluator == "jax"
     with pytest.raises(ModelError, match="evaluator"):
         ACEModelCalculator(fitted, committee=False, evaluator="fortran")
+
+
+def test_structure_weights_pull_the_fit_and_bad_weights_are_named(cbasis, true_coef):
+    """info["fit_weight"] multiplies a structure's rows: a heavily weighted structure whose
+    labels disagree with the rest is fitted much more closely than without the weight."""
+    structs = [_bilayer(s, rattle=0.06, d=3.3 + 0.02 * s) for s in range(12)]
+    data = _label_linear(cbasis, true_coef, structs, noise_f=0.0)
+    odd = _label_linear(cbasis, 1.5 * true_coef, [_bilayer(99, rattle=0.06)], noise_f=0.0)[0]
+    plain = ACEModel(d3=False, committee_size=0, **SMALL).fit(data + [odd])
+    heavy = odd.copy()
+    heavy.info["fit_weight"] = 30.0
+    weighted = ACEModel(d3=False, committee_size=0, **SMALL).fit(data + [heavy])
+
+    def ferr(m):
+        return np.abs(m.predict_one(odd, committee=False)["forces"] - odd.arrays[REF_FORCES]).max()
+    assert ferr(weighted) < 0.5 * ferr(plain)
+    assert weighted.training_hash_ != plain.training_hash_
+    bad = odd.copy()
+    bad.info["fit_weight"] = -1
+    bad.info["name"] = "weighted-one"
+    with pytest.raises(ModelError, match="fit_weight"):
+        ACEModel(d3=False, **SMALL).fit(data + [bad])
