@@ -151,6 +151,26 @@ def test_vacancy_neb_symmetric_path():
     assert res["barrier"] == pytest.approx(res["barrier_reverse"], abs=1e-3)
 
 
+def test_measured_period_is_the_fundamental_when_a_harmonic_dominates():
+    """A field whose √3 harmonic (the domain-wall network) outweighs its fundamental
+    still has the moiré period a / (2 sin θ/2), not that period / √3."""
+    tb = structures.twisted_bilayer("graphene", m=5)
+    idx = np.flatnonzero(tb.arrays["layer"] == 1)
+    recip = 2 * np.pi * np.linalg.inv(tb.cell.array[:2, :2]).T
+    gs = [i * recip[0] + j * recip[1] for i in range(-3, 4) for j in range(-3, 4) if (i, j) != (0, 0)]
+    gmin = min(np.linalg.norm(g) for g in gs)
+    shell = lambda f: [g for g in gs if abs(np.linalg.norm(g) - f * gmin) < 1e-6 * gmin]
+    xy = tb.positions[idx, :2]
+    field = lambda f: sum(np.cos(xy @ g) for g in shell(f))
+    assert len(shell(1)) == 6 and len(shell(np.sqrt(3))) == 6
+    values = 3.4 + 0.01 * field(1.0) + 0.03 * field(np.sqrt(3))
+    period, _ = moire.measure_period(tb, idx, values, 2.46)
+    assert period == pytest.approx(tb.info["moire_period"], rel=1e-9)
+    # only the harmonic: then the field's period really is the shorter one
+    period_h, _ = moire.measure_period(tb, idx, 3.4 + 0.03 * field(np.sqrt(3)), 2.46)
+    assert period_h == pytest.approx(tb.info["moire_period"] / np.sqrt(3), rel=1e-9)
+
+
 def test_vacancy_formation_energy(gcalc):
     from moire_al.analysis.defects import defect_formation_energies
 

@@ -175,34 +175,40 @@ def displacements(atoms, reference):
 
 
 # ------------------------------------------------------------------ maps and period
-def measure_period(atoms, idx, values, a: float, min_wavelength_lattice: float = 1.8):
-    """Moiré period from the per-atom field ``values`` of atoms ``idx``: the
-    reciprocal vector G of the cell with the largest |Σ δv_i e^{-iG·r_i}| among those
-    longer than ``min_wavelength_lattice``·a in wavelength, converted to the
-    triangular-lattice period 4π / (√3 |G|). Returns ``(period, G)``."""
+def measure_period(atoms, idx, values, a: float, min_wavelength_lattice: float = 1.8,
+                   fundamental_fraction: float = 0.3):
+    """Moiré period from the per-atom field ``values`` of atoms ``idx``.
+
+    Fourier amplitudes |Σ δv_i e^{-iG·r_i}| over the reciprocal vectors G of the cell
+    with wavelengths longer than ``min_wavelength_lattice``·a; the period is that of
+    the *fundamental*: the shortest G whose amplitude is at least
+    ``fundamental_fraction`` of the largest. (At small angles the domain-wall network
+    can put more weight in the √3 harmonic than in the AA bumps; the lattice's period
+    is still the fundamental's.) Converted to the triangular-lattice period
+    4π / (√3 |G|). Returns ``(period, G)``."""
     cell2 = atoms.cell.array[:2, :2]
     recip = 2 * math.pi * np.linalg.inv(cell2).T  # rows: b1, b2
     xy = atoms.positions[idx, :2]
     dv = np.asarray(values, float) - np.mean(values)
     g_max = 2 * math.pi / (min_wavelength_lattice * a)
     nmax = int(math.ceil(g_max / min(np.linalg.norm(recip, axis=1)))) + 1
-    best, best_g = -1.0, None
+    gs, amps = [], []
     for n1 in range(-nmax, nmax + 1):
         for n2 in range(0, nmax + 1):
             if n2 == 0 and n1 <= 0:
                 continue
             g = n1 * recip[0] + n2 * recip[1]
-            gn = np.linalg.norm(g)
-            if gn > g_max:
+            if np.linalg.norm(g) > g_max:
                 continue
-            amp = abs(np.exp(-1j * (xy @ g)) @ dv)
-            # prefer the longest wavelength when amplitudes tie (symmetry copies)
-            if amp > best * (1 + 1e-6) or (best_g is not None and amp > best * (1 - 1e-6)
-                                           and gn < np.linalg.norm(best_g) - 1e-9):
-                best, best_g = amp, g
-    if best_g is None:
+            gs.append(g)
+            amps.append(abs(np.exp(-1j * (xy @ g)) @ dv))
+    if not gs or max(amps) <= 0:
         return float("nan"), None
-    return 4 * math.pi / (math.sqrt(3) * np.linalg.norm(best_g)), best_g
+    amps = np.asarray(amps)
+    norms = np.linalg.norm(gs, axis=1)
+    strong = np.flatnonzero(amps >= fundamental_fraction * amps.max())
+    g = gs[strong[np.argmin(norms[strong])]]
+    return 4 * math.pi / (math.sqrt(3) * np.linalg.norm(g)), g
 
 
 def interpolate_map(atoms, idx, values, n_grid: int = 64):
