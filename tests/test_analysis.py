@@ -171,6 +171,24 @@ def test_measured_period_is_the_fundamental_when_a_harmonic_dominates():
     assert period_h == pytest.approx(tb.info["moire_period"] / np.sqrt(3), rel=1e-9)
 
 
+def test_aa_nodes_one_per_bump_and_not_in_domains():
+    """A flat-topped AA bump counts once; small bumps inside the AB/BA domains
+    (lower half of the d range) are not AA nodes."""
+    tb = structures.twisted_bilayer("graphene", m=5)
+    idx = np.flatnonzero(tb.arrays["layer"] == 1)
+    recip = 2 * np.pi * np.linalg.inv(tb.cell.array[:2, :2]).T
+    gs = [i * recip[0] + j * recip[1] for i in range(-2, 3) for j in range(-2, 3) if (i, j) != (0, 0)]
+    gmin = min(np.linalg.norm(g) for g in gs)
+    xy = tb.positions[idx, :2] - tb.positions[idx, :2][np.argmin(np.linalg.norm(tb.positions[idx, :2], axis=1))]
+    f1 = sum(np.cos(xy @ g) for g in gs if abs(np.linalg.norm(g) - gmin) < 1e-6 * gmin)   # max 6 at AA
+    bump = np.minimum(f1, 4.5)                      # flat top: many atoms share the maximum
+    domain_bump = 0.06 * np.maximum(0.0, -f1 - 2.0)   # a local maximum at each AB/BA centre
+    d = 3.4 + 0.04 * bump + domain_bump
+    assert np.count_nonzero(d == d.max()) > 1
+    nodes = moire.aa_nodes(tb, idx, d)
+    assert len(nodes) == 1
+
+
 def test_vacancy_formation_energy(gcalc):
     from moire_al.analysis.defects import defect_formation_energies
 

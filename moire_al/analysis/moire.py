@@ -229,19 +229,36 @@ def interpolate_map(atoms, idx, values, n_grid: int = 64):
 
 def aa_nodes(atoms, idx, d, labels=None):
     """Approximate AA node positions: per-atom local maxima of d within a radius of
-    one third of the measured period (in-plane Å)."""
+    one third of the measured period (in-plane Å) in the upper half of the d range,
+    merged so that each bump counts once."""
     a = lattice_constant(material_of(atoms))
     period, _ = measure_period(atoms, idx, d, a)
     if not np.isfinite(period):
         return np.zeros((0, 2))
     xy, src = tiled_xy(atoms.positions[idx], atoms.cell.array, 1)
     tree = cKDTree(xy)
-    nodes = []
+    cands = []
+    half = 0.5 * (d.min() + d.max())
     for n, p in enumerate(atoms.positions[idx, :2]):
+        if d[n] < half:  # a ripple inside a domain, not an AA bump
+            continue
         neigh = src[tree.query_ball_point(p, period / 3.0)]
         if d[n] >= d[neigh].max() - 1e-12:
+            cands.append(n)
+    # one node per bump: a flat top has several equal maxima; keep the highest and drop
+    # the others within period / 3 of it (minimum image)
+    inv = np.linalg.inv(atoms.cell.array[:2, :2])
+    nodes = []
+    for n in sorted(cands, key=lambda k: -d[k]):
+        p = atoms.positions[idx[n], :2]
+        close = False
+        for q in nodes:
+            f = (p - q) @ inv
+            f -= np.round(f)
+            close |= bool(np.linalg.norm(f @ atoms.cell.array[:2, :2]) < period / 3.0)
+        if not close:
             nodes.append(p)
-    return np.array(nodes)
+    return np.array(nodes).reshape(-1, 2)
 
 
 # ------------------------------------------------------------------ the analysis
