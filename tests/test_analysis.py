@@ -133,6 +133,11 @@ def test_phonons_ab_and_twisted_bilayer(gcalc):
     # layers; everything else real
     assert (gt < -0.1).sum() <= 2 and tw["min_frequency_THz"] > -0.5
     assert tw["max_frequency_THz"] > 40
+    # 7.34° (244 atoms): relaxed, it is stable along Γ–M–K–Γ, acoustic modes at zero
+    t7 = phonons.phonon_bands(structures.twisted_bilayer("graphene", m=4), gcalc, "ref",
+                              supercell=(1, 1, 1), npoints=5, fmax=1e-3)
+    assert t7["n_atoms"] == 244 and t7["acoustic_gamma_max_abs_THz"] < 0.05
+    assert t7["stable"] and t7["n_imaginary"] == 0 and t7["max_frequency_THz"] > 40
 
 
 def test_vacancy_neb_symmetric_path():

@@ -16,8 +16,8 @@ def run_suite(material: str, calc, calc_name: str, outdir: str, quick: bool = Fa
 
     Standard set: relaxation + moiré analysis of a twisted bilayer (7.34°; quick:
     21.79°), binding curves, stress–strain of the monolayer (graphene: armchair to
-    20 %; quick: 2 %), phonons of the monolayer and the AB bilayer (+ 21.79°
-    twisted bilayer), vacancy NEB in the monolayer, defect formation energies in
+    20 %; quick: 2 %), phonons of the monolayer and the AB bilayer (+ 7.34°
+    twisted bilayer, 244 atoms in a 2×2 supercell: ~30 s with the reference potential), vacancy NEB in the monolayer, defect formation energies in
     the twisted bilayer, and (not quick) a moiré sweep over r = 1 angles m = 1..6.
     One failing analysis is recorded in ``errors``; the rest still run.
     ``only``: names of the steps to run (one analysis Firework runs one step).
@@ -66,8 +66,8 @@ def run_suite(material: str, calc, calc_name: str, outdir: str, quick: bool = Fa
             primitive_bilayer(material, 1.0, 3.4), calc, calc_name, supercell=(5, 5, 1),
             plot_path=os.path.join(outdir, "phonons_ab.png")))
         step("phonons_twisted", lambda: phonons.phonon_bands(
-            structures.twisted_bilayer(material, m=1), calc, calc_name, supercell=(2, 2, 1),
-            npoints=21, plot_path=os.path.join(outdir, "phonons_twisted.png")))
+            structures.twisted_bilayer(material, m=4), calc, calc_name, supercell=(2, 2, 1),
+            npoints=21, fmax=1e-3, plot_path=os.path.join(outdir, "phonons_twisted.png")))
     step("neb_vacancy", lambda: neb.vacancy_migration(
         mono.repeat((5, 5, 1)), calc, calc_name, climb=not quick, n_images=5 if quick else 7,
         plot_path=os.path.join(outdir, "neb_vacancy.png")))
