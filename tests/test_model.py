@@ -512,3 +512,29 @@ def test_structure_weights_pull_the_fit_and_bad_weights_are_named(cbasis, true_c
     bad.info["name"] = "weighted-one"
     with pytest.raises(ModelError, match="fit_weight"):
         ACEModel(d3=False, **SMALL).fit(data + [bad])
+
+
+def test_kernel_two_species_hbn():
+    """B and N: the kernel's species tables agree with the exact evaluation."""
+    _kernel_or_skip()
+    from moire_al.models.calculator import ACEModelCalculator
+
+    b = ACEBasis([5, 7], rcut=5.5, **SMALL)
+    m = ACEModel(d3=False, **SMALL)
+    rng = np.random.default_rng(0)
+    m.basis_, m.elements_ = b, (5, 7)
+    m.coef_ = rng.normal(size=b.L) / np.maximum(b.gamma, 1) * 0.5
+    m.committee_, m.E0_ = np.zeros((0, b.L)), np.array([-5.0, -8.0])
+    at = S.stacked("hbn", 2, 3, d=3.3, shifts=[[0, 0], [0.7, 0.4]], rattle=0.08, seed=2)
+    p = m.predict_one(at, committee=False)
+    a = at.copy()
+    a.calc = ACEModelCalculator(m, committee=False, evaluator="kernel")
+    assert a.get_potential_energy() == pytest.approx(p["energy"], abs=1e-8)
+    assert np.abs(a.get_forces() - p["forces"]).max() < 1e-8
+    assert np.abs(a.get_stress() - p["stress"]).max() < 1e-10
+    # swapping B and N changes the energy: the species are not confused
+    sw = at.copy()
+    sw.numbers = np.where(at.numbers == 5, 7, 5)
+    sw.calc = ACEModelCalculator(m, committee=False, evaluator="kernel")
+    assert abs(sw.get_potential_energy() - m.predict_one(sw, committee=False)["energy"]) < 1e-8
+    assert abs(sw.get_potential_energy() - p["energy"]) > 1e-3
