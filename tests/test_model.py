@@ -538,3 +538,23 @@ def test_kernel_two_species_hbn():
     sw.calc = ACEModelCalculator(m, committee=False, evaluator="kernel")
     assert abs(sw.get_potential_energy() - m.predict_one(sw, committee=False)["energy"]) < 1e-8
     assert abs(sw.get_potential_energy() - p["energy"]) > 1e-3
+
+
+def test_kernel_slab_without_third_vector_and_cluster(fitted):
+    """pbc (T, T, F) with no third cell vector, and a cluster: same energy as the exact path."""
+    fast = _kernel_or_skip()
+    at = _bilayer(3, rattle=0.05)
+    exact = fitted.predict_one(at, committee=False, d3=False)["energy"]
+    slab = at.copy()
+    slab.pbc = [True, True, False]
+    cell = slab.cell.array.copy()
+    cell[2] = 0.0
+    slab.set_cell(cell)
+    slab.calc = fast.FastACECalculator(fitted)
+    assert slab.get_potential_energy() == pytest.approx(exact, abs=1e-8)
+    cluster = at.copy()
+    cluster.pbc = False
+    cluster.calc = fast.FastACECalculator(fitted)
+    assert cluster.get_potential_energy() == pytest.approx(
+        fitted.predict_one(cluster, committee=False, d3=False)["energy"], abs=1e-8)
+    assert abs(cluster.get_potential_energy() - exact) > 1e-3     # images really mattered

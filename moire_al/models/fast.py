@@ -74,7 +74,7 @@ class _GhostList:
 
         n = len(atoms)
         pos = np.ascontiguousarray(atoms.positions, float)
-        cell = np.asarray(atoms.cell.array, float)
+        cell = np.asarray(atoms.cell.complete().array, float)  # a 2D cell may lack its third vector
         pbc = np.asarray(atoms.pbc, bool)
         if not pbc.any():
             cell = np.eye(3) * (np.ptp(pos, axis=0).max() + 2 * cutoff + 1.0)
