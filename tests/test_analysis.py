@@ -242,3 +242,28 @@ def test_cli_parses_and_calculator_resolution(tmp_path):
     assert args.func.__name__ == "_binding"
     with pytest.raises(MoireALError):
         get_calculator(str(tmp_path / "missing-model"), "graphene")
+
+
+def test_comparison_mode_suite_and_relax(tmp_path, capsys):
+    """Several calculators: one result each, comparison plots drawn together."""
+    from moire_al.analysis.calculators import get_calculator
+    from moire_al.analysis.suite import compare_suite
+    from moire_al.cli import main
+    from moire_al.structures import write_structures
+
+    calcs = {"kc-full": get_calculator("reference"), "kc-z": get_calculator("reference-z")}
+    res = compare_suite("graphene", calcs, str(tmp_path / "suite"), quick=True,
+                        only=("binding", "stress_strain"))
+    assert set(res["results"]) == {"kc-full", "kc-z"} and not any(res["errors"].values())
+    assert set(res["plots"]) == {"binding", "stress_strain"}
+    assert all(os.path.getsize(p) > 1000 for p in res["plots"].values())
+    e = {n: r["results"]["binding"] for n, r in res["results"].items()}
+    assert e["kc-full"] != e["kc-z"]        # two different potentials really ran
+    path = tmp_path / "tb.xyz"
+    write_structures(path, [structures.twisted_bilayer("graphene", m=1)])
+    assert main(["analyse", "relax", str(path), "--calc", "reference,reference-z",
+                 "--out", str(tmp_path / "relax")]) == 0
+    out = json.load(open(tmp_path / "relax" / "relax.json"))
+    assert set(out["results"]) == {"reference:REBO+KC-full", "reference:REBO+KC-z"}
+    assert all(r["converged"] for r in out["results"].values())
+    assert (tmp_path / "relax" / "reference_REBO_KC-z" / "relaxed.xyz").exists()

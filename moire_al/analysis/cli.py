@@ -60,16 +60,22 @@ def _relax(args):
 
     atoms = _read(args.structure)
     material = _material(args, atoms)
-    (cname, calc), = list(_calcs(args, material).items())[:1]
-    relaxed, res = relax(atoms, calc, fmax=args.fmax, steps=args.steps,
-                         optimizer=args.optimizer, relax_cell=args.cell, calc_name=cname)
-    os.makedirs(args.out, exist_ok=True)
-    write_structures(os.path.join(args.out, "relaxed.xyz"), [relaxed])
-    res["relaxed_path"] = os.path.join(args.out, "relaxed.xyz")
-    if args.moire:
-        res = {"relax": res, "moire": moire_analysis(relaxed, reference=atoms, calc_name=cname,
-                                                     plot_dir=args.out)}
-    return _emit(args, "relax", res)
+    calcs = _calcs(args, material)
+    results = {}
+    for cname, calc in calcs.items():   # several: one sub-directory each
+        out = args.out if len(calcs) == 1 else os.path.join(
+            args.out, "".join(c if c.isalnum() or c in "-_." else "_" for c in cname))
+        relaxed, res = relax(atoms, calc, fmax=args.fmax, steps=args.steps,
+                             optimizer=args.optimizer, relax_cell=args.cell, calc_name=cname)
+        os.makedirs(out, exist_ok=True)
+        write_structures(os.path.join(out, "relaxed.xyz"), [relaxed])
+        res["relaxed_path"] = os.path.join(out, "relaxed.xyz")
+        if args.moire:
+            res = {"relax": res, "moire": moire_analysis(relaxed, reference=atoms, calc_name=cname,
+                                                         plot_dir=out)}
+        results[cname] = res
+    return _emit(args, "relax", results[cname] if len(calcs) == 1 else
+                 {"analysis": "relax", "results": results, "plots": {}})
 
 
 def _moire(args):
@@ -135,6 +141,14 @@ def _suite(args):
     from moire_al.analysis.calculators import calculator_name, get_calculator
     from moire_al.analysis.suite import run_suite
 
+    calcs = _calcs(args, args.material)
+    if len(calcs) > 1:
+        from moire_al.analysis.suite import compare_suite
+
+        res = compare_suite(args.material, calcs, args.out, quick=args.quick)
+        failed = {n: e for n, e in res["errors"].items() if e}
+        print(json.dumps({"outdir": args.out, "errors": failed, "plots": res["plots"]}))
+        return 0 if not failed else 1
     res = run_suite(args.material, get_calculator(args.calc, args.material),
                     args.calc_name or calculator_name(args.calc, args.material), args.out,
                     quick=args.quick)

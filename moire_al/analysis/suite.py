@@ -117,11 +117,45 @@ def compare(analysis, target, calcs: dict, outdir: str | None = None, **options)
     out = {"analysis": kind, "results": results, "errors": errors, "plots": {}}
     if outdir and results:
         os.makedirs(outdir, exist_ok=True)
-        plotters = {"binding": plots.plot_binding, "stress_strain": plots.plot_stress_strain,
-                    "phonons": plots.plot_phonons, "neb_vacancy": plots.plot_neb,
-                    "defects": plots.plot_defects}
+        plotters = _plotters()
         if kind in plotters:
             out["plots"][kind] = plotters[kind](results, os.path.join(outdir, f"compare_{kind}.png"))
         elif kind == "moire_sweep":
             out["plots"] = plots.plot_moire_sweep(results, outdir, prefix="compare_sweep")
     return jsonable(out)
+
+
+#: plotter of each analysis kind for the comparison plots
+def _plotters():
+    from moire_al.analysis import plots
+
+    return {"binding": plots.plot_binding, "stress_strain": plots.plot_stress_strain,
+            "phonons": plots.plot_phonons, "neb_vacancy": plots.plot_neb,
+            "defects": plots.plot_defects}
+
+
+def compare_suite(material: str, calcs: dict, outdir: str, quick: bool = False, only=None) -> dict:
+    """The standard suite with each of ``calcs`` ({name: calculator}) into
+    ``<outdir>/<name>/``, then one comparison plot per step that two or more of them
+    finished (``<outdir>/compare_<step>.png``). Returns ``{"results": {name: suite
+    summary}, "errors": {name: {step: message}}, "plots": {step: path}}``."""
+    from moire_al.analysis import plots
+
+    os.makedirs(outdir, exist_ok=True)
+    runs = {}
+    for name, calc in calcs.items():
+        sub = os.path.join(outdir, "".join(c if c.isalnum() or c in "-_." else "_" for c in name))
+        runs[name] = run_suite(material, calc, name, sub, quick=quick, only=only)
+    steps = sorted({st for r in runs.values() for st in r["results"]})
+    out_plots = {}
+    for st in steps:
+        per = {name: r["results"][st] for name, r in runs.items() if st in r["results"]}
+        if len(per) < 2:
+            continue
+        kind = next(iter(per.values())).get("analysis")
+        if kind in _plotters():
+            out_plots[st] = _plotters()[kind](per, os.path.join(outdir, f"compare_{st}.png"))
+        elif kind == "moire_sweep":
+            out_plots[st] = plots.plot_moire_sweep(per, outdir, prefix="compare_sweep")
+    return jsonable({"results": runs, "errors": {n: r["errors"] for n, r in runs.items()},
+                     "plots": out_plots})
