@@ -12,7 +12,9 @@ indices. It has no notion of a cell, so this module supplies what LAMMPS would:
   pbc or species change; between rebuilds only the ghost positions are refreshed;
 * forces on ghosts are folded back onto their owners; the stress is the virial
   ``-(1/V) Σ_a f_a ⊗ x_a`` over owned and ghost atoms, which is exact because the
-  energy depends on the cell only through the ghost positions.
+  energy depends on the cell only through the ghost positions;
+* two atoms closer than the kernel's radial table (0.5 Å) raise :class:`ModelError`
+  naming them: a structure the model has collapsed.
 
 The kernel is compiled on first use with the machine's C++ compiler (cached by
 ace-jax); :func:`available` says whether that works. :class:`FastACECalculator` is
@@ -164,20 +166,17 @@ class FastACECalculator(Calculator):
         return np.asarray(e), np.asarray(f)
 
     @staticmethod
-    def _closest_pair(x, gl) -> float:
+    def _closest_pair(x, gl):
+        """(distance, i, j) of the closest pair in the list (j may be a ghost)."""
         live = gl.nbr >= 0
-        cols = np.broadcast_to(np.arange(gl.n), gl.nbr.shape)[live]
-        d = x[gl.nbr[live]] - x[cols]
-        return float(np.sqrt(np.einsum("ij,ij->i", d, d).min(initial=np.inf)))
-
-    def _exact(self, at, properties):
-        p = self.ace_model.predict_one(at, committee=False, stress=bool(at.pbc.all()), d3=False)
-        self.last_stats["exact_calls"] = self.last_stats.get("exact_calls", 0) + 1
-        self.results.update(energy=p["energy"], free_energy=p["energy"], forces=p["forces"])
-        if p.get("stress") is not None:
-            self.results["stress"] = p["stress"]
-        elif "stress" in properties:
-            raise PropertyNotImplementedError("stress needs a 3D periodic cell")
+        if not live.any():
+            return np.inf, -1, -1
+        rows = np.broadcast_to(np.arange(gl.n), gl.nbr.shape)[live]
+        cols = gl.nbr[live]
+        d = x[cols] - x[rows]
+        r2 = np.einsum("ij,ij->i", d, d)
+        k = int(np.argmin(r2))
+        return float(np.sqrt(r2[k])), int(rows[k]), int(gl.owner[cols[k]])
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
@@ -190,10 +189,13 @@ class FastACECalculator(Calculator):
             self.last_stats["rebuilds"] += 1
         gl = self._list
         x = gl.positions(at)
-        if self._closest_pair(x, gl) < self._attrs["x0"]:
-            # below the radial table's range (0.5 Å) the kernel extrapolates a cubic:
-            # such a (collapsed) geometry gets the exact, slower basis evaluation
-            return self._exact(at, properties)
+        r, i, j = self._closest_pair(x, gl)
+        if r < self._attrs["x0"]:
+            # below the radial table's range the kernel would extrapolate a cubic; no
+            # labelled structure comes near such a distance, so nothing meaningful does
+            raise ModelError(f"atoms {i} and {j} are {r:.3f} Å apart (below {self._attrs['x0']:.2f} Å): "
+                             "the structure has collapsed under the model, far outside its training "
+                             "data (a linear ACE has no built-in core repulsion)")
         e, f = self._kernel(x, self._species_ext, gl.nbr, gl.count)
         forces = np.zeros((gl.n, 3))
         np.add.at(forces, gl.owner, f)
