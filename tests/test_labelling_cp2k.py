@@ -47,7 +47,7 @@ def test_corrections_read_back_from_custodian_json_name_the_handler(tmp_path):
     """custodian.json stores handlers as dicts; the record must still name the class."""
     import json
 
-    from moire_al.labelling.cp2k import _corrections_from_log
+    from moire_al.labelling.common import corrections_from_log as _corrections_from_log
 
     log = [{"corrections": [{"errors": ["Unconverged SCF"], "actions": [{"dict": "mixing"}],
                              "handler": {"@module": "custodian.cp2k.handlers",

@@ -1,10 +1,13 @@
-"""Helpers shared by the DFT labellers: k-point meshes, output parsing, binaries."""
+"""Helpers shared by the DFT labellers: k-point meshes, output parsing, binaries, and
+the run-through-custodian shape every DFT label has (:func:`label_through_custodian`)."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
+import time
 
 import numpy as np
 
@@ -82,3 +85,64 @@ def map_by_position(atoms, positions) -> np.ndarray:
 
 def workdir_files(workdir) -> list[str]:
     return sorted(os.listdir(workdir)) if os.path.isdir(workdir) else []
+
+
+# ------------------------------------------------------------------ custodian runs
+def _handler_name(handler) -> str | None:
+    """A handler's class name, from the live object or its custodian.json form."""
+    if handler is None:
+        return None
+    if isinstance(handler, dict):  # read back from custodian.json (MSONable)
+        return handler.get("@class")
+    return type(handler).__name__
+
+
+def custodian_corrections(run_log) -> list:
+    """The corrections in custodian's run log: errors, actions and handler name each."""
+    out = []
+    for job in run_log or []:
+        for corr in job.get("corrections", []):
+            out.append({"errors": corr.get("errors"), "actions": corr.get("actions"),
+                        "handler": _handler_name(corr.get("handler"))})
+    return out
+
+
+def corrections_from_log(workdir) -> list:
+    """The corrections custodian wrote to ``<workdir>/custodian.json`` ([] if none)."""
+    path = os.path.join(workdir, "custodian.json")
+    if os.path.exists(path):
+        try:
+            with open(path) as fh:
+                return custodian_corrections(json.load(fh))
+        except (OSError, ValueError):
+            return []
+    return []
+
+
+def label_through_custodian(atoms, labeller, workdir, compute, explain=None):
+    """One DFT label: ``compute(workdir) -> (energy, forces, stress, code_version)`` writes
+    the inputs, runs the code through custodian (leaving custodian's run log in
+    ``labeller._last_log``) and parses the results. Bad input
+    (:class:`~moire_al.errors.StructureError`) propagates; any other fault becomes a
+    :class:`~moire_al.labelling.base.LabelFailure` with the corrections tried
+    (``explain(exc)`` may first turn the fault into a clearer one)."""
+    from moire_al.labelling.base import failure_from_exception, record_from_results
+
+    workdir = os.fspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    labeller._last_log = []
+    t0 = time.perf_counter()
+    try:
+        energy, forces, stress, version = compute(workdir)
+    except StructureError:
+        raise
+    except Exception as exc:  # a DFT fault: recorded, never raised
+        corrections = custodian_corrections(labeller._last_log) or corrections_from_log(workdir)
+        return failure_from_exception(atoms, labeller, explain(exc) if explain else exc,
+                                      corrections=corrections, wall_time=time.perf_counter() - t0,
+                                      workdir=workdir)
+    return record_from_results(
+        atoms, labeller, energy, forces, stress, code=labeller.code, code_version=version,
+        d3_included=bool(labeller.settings["d3"]), wall_time=time.perf_counter() - t0,
+        converged=True, corrections=custodian_corrections(labeller._last_log), workdir=workdir,
+    )

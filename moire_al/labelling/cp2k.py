@@ -22,16 +22,15 @@ import contextlib
 import os
 import re
 import subprocess
-import time
 
 import numpy as np
 from ase import units
 
 from moire_al.errors import LabelError, StructureError
-from moire_al.labelling.base import (
-    check_structure, failure_from_exception, record_from_results, structure_name,
+from moire_al.labelling.base import check_structure, structure_name
+from moire_al.labelling.common import (
+    finite_floats, kpoint_mesh, label_through_custodian, map_by_position, require_binary,
 )
-from moire_al.labelling.common import finite_floats, kpoint_mesh, map_by_position, require_binary
 
 INPUT, OUTPUT, STDERR = "cp2k.inp", "cp2k.out", "std_err.txt"
 VALENCE = {"H": 1, "B": 3, "C": 4, "N": 5}
@@ -178,27 +177,14 @@ class Cp2kLabeller:
         name = structure_name(atoms)
         mesh = self.check(atoms, name)  # StructureError for bad input
         exe = require_binary(["cp2k.psmp", "cp2k.ssmp", "cp2k"], "CP2K", INSTALL_HINT)
-        workdir = os.fspath(workdir)
-        os.makedirs(workdir, exist_ok=True)
-        t0 = time.perf_counter()
-        corrections: list = []
-        try:
-            self.write_input(atoms, workdir, mesh)
-            corrections = self._run(exe, workdir)
-            energy, forces, stress = parse_cp2k(workdir, atoms)
-        except StructureError:
-            raise
-        except Exception as exc:  # a DFT fault: recorded, never raised
-            corrections = corrections or _corrections_from_log(workdir)
-            return failure_from_exception(atoms, self, exc, corrections=corrections,
-                                          wall_time=time.perf_counter() - t0, workdir=workdir)
-        return record_from_results(
-            atoms, self, energy, forces, stress, code=self.code, code_version=cp2k_version(exe),
-            d3_included=bool(self.settings["d3"]), wall_time=time.perf_counter() - t0,
-            converged=True, corrections=corrections, workdir=workdir,
-        )
 
-    def _run(self, exe, workdir) -> list:
+        def compute(wd):
+            self.write_input(atoms, wd, mesh)
+            self._run(exe, wd)
+            return (*parse_cp2k(wd, atoms), cp2k_version(exe))
+        return label_through_custodian(atoms, self, workdir, compute)
+
+    def _run(self, exe, workdir) -> None:
         from custodian import Custodian
         from custodian.cp2k.handlers import AbortHandler, StdErrHandler, UnconvergedScfErrorHandler
 
@@ -220,38 +206,6 @@ class Cp2kLabeller:
                 c.run()
         finally:
             self._last_log = getattr(c, "run_log", [])
-        return _corrections(self._last_log)
-
-
-def _handler_name(handler) -> str | None:
-    """A handler's class name, from the live object or its custodian.json form."""
-    if handler is None:
-        return None
-    if isinstance(handler, dict):  # read back from custodian.json (MSONable)
-        return handler.get("@class")
-    return type(handler).__name__
-
-
-def _corrections(run_log) -> list:
-    out = []
-    for job in run_log or []:
-        for corr in job.get("corrections", []):
-            out.append({"errors": corr.get("errors"), "actions": corr.get("actions"),
-                        "handler": _handler_name(corr.get("handler"))})
-    return out
-
-
-def _corrections_from_log(workdir) -> list:
-    import json
-
-    path = os.path.join(workdir, "custodian.json")
-    if os.path.exists(path):
-        try:
-            with open(path) as fh:
-                return _corrections(json.load(fh))
-        except (OSError, ValueError):
-            return []
-    return []
 
 
 def cp2k_version(exe) -> str:

@@ -36,17 +36,14 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from functools import lru_cache
 
 import numpy as np
 from custodian.custodian import ErrorHandler, Job
 
-from moire_al.errors import LabelError, StructureError
-from moire_al.labelling.base import (
-    check_structure, failure_from_exception, record_from_results, structure_name,
-)
-from moire_al.labelling.common import kpoint_mesh
+from moire_al.errors import LabelError
+from moire_al.labelling.base import check_structure, structure_name
+from moire_al.labelling.common import kpoint_mesh, label_through_custodian
 
 STRUCTURE, PARAMS, SCRIPT, RESULTS = "structure.json", "params.json", "run.py", "results.json"
 OUTPUT, STDERR, TXT, D3_FILE = "gpaw.out", "gpaw.err", "gpaw.txt", "d3.json"
@@ -372,40 +369,22 @@ class GpawLabeller:
             raise LabelError("the dftd3 package (D3(BJ) for GPAW labels) is not installed: "
                              "pip install dftd3")
         cmd, env = self.command()
-        workdir = os.fspath(workdir)
-        os.makedirs(workdir, exist_ok=True)
-        t0 = time.perf_counter()
-        corrections: list = []
-        try:
-            self.write_inputs(atoms, workdir, mesh)
-            corrections = self._run(cmd, env, workdir)
-            energy, forces, stress, version = parse_results(workdir, atoms)
+
+        def compute(wd):
+            self.write_inputs(atoms, wd, mesh)
+            self._run(cmd, env, wd)
+            energy, forces, stress, version = parse_results(wd, atoms)
             if self.settings["d3"]:
-                energy, forces, stress = add_d3(atoms, energy, forces, stress,
-                                                self.settings["xc"], workdir)
-        except StructureError:
-            raise
-        except Exception as exc:  # a DFT fault: recorded, never raised
-            from moire_al.labelling.cp2k import _corrections, _corrections_from_log
+                energy, forces, stress = add_d3(atoms, energy, forces, stress, self.settings["xc"], wd)
+            return energy, forces, stress, version
+        return label_through_custodian(
+            atoms, self, workdir, compute,
+            explain=lambda exc: _explain(exc, os.fspath(workdir), self.settings["max_corrections"]))
 
-            corrections = (corrections or _corrections(getattr(self, "_last_log", []))
-                           or _corrections_from_log(workdir))
-            why = _explain(exc, workdir, self.settings["max_corrections"])
-            return failure_from_exception(atoms, self, why, corrections=corrections,
-                                          wall_time=time.perf_counter() - t0, workdir=workdir)
-        return record_from_results(
-            atoms, self, energy, forces, stress, code=self.code, code_version=version,
-            d3_included=bool(self.settings["d3"]), wall_time=time.perf_counter() - t0,
-            converged=True, corrections=corrections, workdir=workdir,
-        )
-
-    def _run(self, cmd, env, workdir) -> list:
+    def _run(self, cmd, env, workdir) -> None:
         from custodian import Custodian
 
-        from moire_al.labelling.cp2k import _corrections
-
         n = int(self.settings["max_corrections"])
-        self._last_log = []
         job = GpawJob(cmd, env=env)
         handlers = [GpawSetupHandler(), GpawScfHandler(max_num_corrections=n)]
         # max_errors counts corrections; one more than max_corrections lets the last
@@ -417,7 +396,6 @@ class GpawLabeller:
             c.run()
         finally:
             self._last_log = getattr(c, "run_log", [])
-        return _corrections(self._last_log)
 
 
 # The class name becomes the failure's ``error_type``.
