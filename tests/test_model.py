@@ -572,3 +572,23 @@ def test_kernel_slab_without_third_vector_and_cluster(fitted):
     assert cluster.get_potential_energy() == pytest.approx(
         fitted.predict_one(cluster, committee=False, d3=False)["energy"], abs=1e-8)
     assert abs(cluster.get_potential_energy() - exact) > 1e-3     # images really mattered
+
+
+def test_kernel_catches_a_pair_collapsing_between_list_rebuilds(fitted):
+    """Two atoms walking towards each other within the skin (no rebuild) are still caught."""
+    fast = _kernel_or_skip()
+    from ase.neighborlist import neighbor_list
+
+    at = _bilayer(14, rattle=0.05)
+    calc = fast.FastACECalculator(fitted, skin=1.0)
+    at.calc = calc
+    at.get_forces()
+    i, j, D, d = neighbor_list("ijDd", at, 2.0)
+    k = int(np.argmin(d))
+    step = min(0.49, (d[k] - 0.45) / 2)                # each atom moves < skin / 2
+    assert d[k] - 2 * step < 0.5
+    at.positions[i[k]] += step * D[k] / d[k]
+    at.positions[j[k]] -= step * D[k] / d[k]
+    with pytest.raises(ModelError, match=rf"atoms ({i[k]} and {j[k]}|{j[k]} and {i[k]}) are 0\.4"):
+        at.get_forces()
+    assert calc.last_stats["rebuilds"] == 1

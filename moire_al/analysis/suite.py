@@ -125,8 +125,8 @@ def compare(analysis, target, calcs: dict, outdir: str | None = None, **options)
     return jsonable(out)
 
 
-#: plotter of each analysis kind for the comparison plots
 def _plotters():
+    """The comparison plotter of each analysis kind."""
     from moire_al.analysis import plots
 
     return {"binding": plots.plot_binding, "stress_strain": plots.plot_stress_strain,

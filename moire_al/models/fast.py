@@ -103,6 +103,9 @@ class _GhostList:
         self.nbr = nbr
         self.count = counts.astype(np.int32)
         self.ref_positions = pos.copy()
+        # the closest pair at build time: no pair can get closer than this minus twice
+        # the largest displacement since, which spares the per-call pair scan
+        self.min_dist = float(np.sqrt(np.einsum("ij,ij->i", D, D).min(initial=np.inf)))
         self.cell = np.asarray(atoms.cell.array, float).copy()
         self.pbc = pbc.copy()
         self.numbers = atoms.numbers.copy()
@@ -115,8 +118,11 @@ class _GhostList:
                 or not np.array_equal(atoms.pbc, self.pbc)
                 or not np.allclose(atoms.cell.array, self.cell, rtol=0, atol=1e-12)):
             return False
-        moved = np.sqrt(((atoms.positions - self.ref_positions) ** 2).sum(1)).max(initial=0.0)
-        return bool(moved < 0.5 * skin)
+        return bool(self.moved(atoms) < 0.5 * skin)
+
+    def moved(self, atoms) -> float:
+        """The largest displacement of an atom since the list was built (Å)."""
+        return float(np.sqrt(((atoms.positions - self.ref_positions) ** 2).sum(1)).max(initial=0.0))
 
 
 class FastACECalculator(Calculator):
@@ -189,11 +195,13 @@ class FastACECalculator(Calculator):
             self.last_stats["rebuilds"] += 1
         gl = self._list
         x = gl.positions(at)
-        r, i, j = self._closest_pair(x, gl)
-        if r < self._attrs["x0"]:
+        x0 = self._attrs["x0"]
+        r, i, j = (self._closest_pair(x, gl) if gl.min_dist - 2 * gl.moved(at) < x0
+                   else (np.inf, -1, -1))
+        if r < x0:
             # below the radial table's range the kernel would extrapolate a cubic; no
             # labelled structure comes near such a distance, so nothing meaningful does
-            raise ModelError(f"atoms {i} and {j} are {r:.3f} Å apart (below {self._attrs['x0']:.2f} Å): "
+            raise ModelError(f"atoms {i} and {j} are {r:.3f} Å apart (below {x0:.2f} Å): "
                              "the structure has collapsed under the model, far outside its training "
                              "data (a linear ACE has no built-in core repulsion)")
         e, f = self._kernel(x, self._species_ext, gl.nbr, gl.count)
