@@ -56,3 +56,47 @@ def test_corrections_read_back_from_custodian_json_name_the_handler(tmp_path):
     (corr,) = _corrections_from_log(str(tmp_path))
     assert corr["handler"] == "UnconvergedScfErrorHandler"
     assert corr["errors"] == ["Unconverged SCF"]
+
+
+def test_cp2k_run_options_are_not_part_of_the_label_key():
+    """Threads, ranks and the correction budget say how a label is run, not what it is."""
+    from moire_al import conventions as conv
+
+    at = samples.stacked("graphene", "AB")
+    a = get_labeller("cp2k", {"omp_threads": 1, "ranks": 2, "max_corrections": 5})
+    b = get_labeller("cp2k")
+    assert a.settings == b.settings
+    assert conv.label_key(at, a.name, a.settings) == conv.label_key(at, b.name, b.settings)
+    assert a.run_options == {"omp_threads": 1, "ranks": 2, "max_corrections": 5}
+    c = get_labeller("cp2k", {"cutoff": 300})  # a physics setting does change it
+    assert conv.label_key(at, c.name, c.settings) != conv.label_key(at, b.name, b.settings)
+
+
+def test_cp2k_leaves_the_worker_environment_alone(tmp_path, monkeypatch):
+    """OMP_NUM_THREADS goes to the CP2K process only, never into the worker's environment."""
+    import os
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    at = samples.stacked("graphene", "AB")
+    rec = get_labeller("cp2k", FAST | {"omp_threads": 1}).label(at, tmp_path)
+    assert isinstance(rec, LabelRecord), getattr(rec, "message", rec)
+    assert os.environ["OMP_NUM_THREADS"] == "7"
+
+
+def test_moire_al_label_with_a_relative_output_path(tmp_path, monkeypatch):
+    """`moire-al label good.xyz -o o.xyz` from the current directory (it used to fail every
+    structure: custodian was given a relative run directory after a chdir)."""
+    import json
+    import subprocess
+    import sys
+
+    import ase.io
+
+    monkeypatch.chdir(tmp_path)
+    ase.io.write("good.xyz", [samples.stacked("graphene", "AB")])
+    (tmp_path / "s.json").write_text(json.dumps(FAST))
+    r = subprocess.run([sys.executable, "-m", "moire_al.cli", "label", "good.xyz", "-o", "o.xyz",
+                        "--labeller", "cp2k", "--settings", "s.json"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (out,) = ase.io.read("o.xyz", ":")
+    assert out.info["REF_labeller"] == "cp2k" and out.arrays["REF_forces"].shape == (4, 3)

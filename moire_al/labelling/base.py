@@ -118,6 +118,8 @@ class LabelRecord:
         out.info[conv.REF_D3] = self.d3_included
         out.info[conv.REF_LABELLER] = self.labeller
         out.info["label_key"] = self.key
+        out.info["label_wall_s"] = round(float(self.wall_time), 2)
+        out.info["label_code_version"] = f"{self.code} {self.code_version}"
         return out
 
 

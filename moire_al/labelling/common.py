@@ -128,7 +128,8 @@ def label_through_custodian(atoms, labeller, workdir, compute, explain=None):
     (``explain(exc)`` may first turn the fault into a clearer one)."""
     from moire_al.labelling.base import failure_from_exception, record_from_results
 
-    workdir = os.fspath(workdir)
+    # absolute: the run changes into it, and custodian then opens paths under it
+    workdir = os.path.abspath(os.fspath(workdir))
     os.makedirs(workdir, exist_ok=True)
     labeller._last_log = []
     t0 = time.perf_counter()

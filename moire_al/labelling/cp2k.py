@@ -48,9 +48,13 @@ DEFAULTS = {
     "max_scf": 200,
     "eps_default": 1e-10,
     "d3": True,
-    "max_corrections": 3,
+}
+#: How a label is run, not what it is: kept out of ``settings`` and so out of the
+#: label key (2 ranks or 2 threads give the same label).
+RUN_OPTIONS = {
     "omp_threads": 2,
     "ranks": 1,
+    "max_corrections": 3,
 }
 INSTALL_HINT = "apt-get install cp2k cp2k-data (Debian 12), or run scripts/install_dft.sh"
 
@@ -68,6 +72,29 @@ def _has_entry(path: str, element: str, name: str) -> bool:
         return any(pat.match(line) for line in fh)
 
 
+def mpi_env(omp_threads: int) -> dict:
+    """Environment of one CP2K run: its OpenMP threads, and OpenMPI allowed as root."""
+    env = {"OMP_NUM_THREADS": str(omp_threads)}
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        env |= {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+    return env
+
+
+@contextlib.contextmanager
+def _environ(extra: dict):
+    """Set ``extra`` in os.environ for the block (a child started inside inherits it)."""
+    old = {k: os.environ.get(k) for k in extra}
+    os.environ.update(extra)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def _own_job_class():
     from custodian.cp2k.jobs import Cp2kJob
 
@@ -75,9 +102,12 @@ def _own_job_class():
         """``Cp2kJob`` whose ``terminate`` ends only its own process (not ``killall``)."""
 
         _process = None
+        env: dict = {}
 
         def run(self, directory="./"):
-            self._process = super().run(directory)
+            # CP2K's environment (threads) for this process only, not the whole worker
+            with _environ(self.env):
+                self._process = super().run(directory)
             return self._process
 
         def terminate(self, directory="./"):
@@ -97,18 +127,23 @@ class Cp2kLabeller:
 
     Settings (defaults in ``DEFAULTS``): ``basis``, ``cutoff``/``rel_cutoff`` (Ry),
     ``elec_temp`` (K), ``kspacing`` (Å⁻¹, 2π included) or explicit ``kpts``,
-    ``eps_scf``, ``max_scf``, ``d3``, ``max_corrections``, ``omp_threads``, ``ranks``.
+    ``eps_scf``, ``max_scf``, ``d3``. Run options (``RUN_OPTIONS``, not in the label
+    key): ``omp_threads``, ``ranks``, ``max_corrections``.
     """
 
     name = "cp2k"
     code = "cp2k"
 
     def __init__(self, settings: dict | None = None):
-        s = dict(DEFAULTS)
-        unknown = set(settings or {}) - set(DEFAULTS)
+        settings = dict(settings or {})
+        unknown = set(settings) - set(DEFAULTS) - set(RUN_OPTIONS)
         if unknown:
             raise ValueError(f"cp2k labeller: unknown setting(s) {sorted(unknown)}")
-        s.update(settings or {})
+        self.run_options = {k: settings.pop(k, v) for k, v in RUN_OPTIONS.items()}
+        if int(self.run_options["ranks"]) < 1 or int(self.run_options["omp_threads"]) < 1:
+            raise ValueError("cp2k labeller: ranks and omp_threads must be >= 1")
+        s = dict(DEFAULTS)
+        s.update(settings)
         self.settings = s
 
     # ------------------------------------------------------------ inputs
@@ -188,13 +223,13 @@ class Cp2kLabeller:
         from custodian import Custodian
         from custodian.cp2k.handlers import AbortHandler, StdErrHandler, UnconvergedScfErrorHandler
 
-        s = self.settings
+        s = self.run_options
         cmd = [exe]
         if int(s["ranks"]) > 1:
             cmd = [require_binary(["mpiexec"], "mpiexec", "apt-get install openmpi-bin"),
                    "-n", str(s["ranks"]), exe]
-        os.environ["OMP_NUM_THREADS"] = str(s["omp_threads"])
         job = _own_job_class()(cmd, input_file=INPUT, output_file=OUTPUT, stderr_file=STDERR)
+        job.env = mpi_env(int(s["omp_threads"]))
         handlers = [StdErrHandler(std_err=STDERR), AbortHandler(INPUT, OUTPUT),
                     UnconvergedScfErrorHandler(INPUT, OUTPUT)]
         n = int(s["max_corrections"])
