@@ -263,3 +263,27 @@ def test_rerun_of_finished_fit_does_not_duplicate_branch(launchpad, tmp_path, mo
     assert store.labels.count_documents({}) == labels_before
     members = assert_labelled_once(store)
     assert all(m["label_runs"] == 1 for m in members)
+
+
+def test_resume_after_whole_round_failed_refits_and_finishes(launchpad, tmp_path, monkeypatch):
+    """Every label of round 0 fizzles, so the fit fizzles too; resume must rerun both."""
+    monkeypatch.chdir(tmp_path)
+    add_loop(launchpad, tiny_settings(max_rounds=1))
+    monkeypatch.setenv(FAIL_ENV, "*")
+    run_all(launchpad)
+    store = Store.from_launchpad(launchpad)
+    assert [d["state"] for d in fit_fws(launchpad)] == ["FIZZLED"]
+    assert store.labels.count_documents({"loop_id": "L"}) == 0
+    assert store.loops.find_one({"loop_id": "L"})["state"] == "RUNNING"
+
+    monkeypatch.delenv(FAIL_ENV)
+    out = resume(launchpad, "L")
+    assert len(out["rerun"]) == 4 + 3
+    run_all(launchpad)
+    assert {d["state"] for d in launchpad.fireworks.find({})} == {"COMPLETED"}
+    assert [d["state"] for d in fit_fws(launchpad)] == ["COMPLETED"]
+    rounds = store.get_rounds("L")
+    assert [r["round"] for r in rounds] == [0] and rounds[0]["n_train"] == 4
+    assert rounds[0]["n_failed"] == 0 and rounds[0]["n_new"] == 4 + 3
+    assert store.loops.find_one({"loop_id": "L"})["state"] == "COMPLETED"
+    assert_labelled_once(store)

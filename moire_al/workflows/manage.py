@@ -11,7 +11,11 @@ from pathlib import Path
 
 from moire_al.store.mongo import Store
 
-TERMINAL_RUN = ("COMPLETED", "RUNNING", "FIZZLED", "RESERVED")
+# Children of a rerun label that keep their result: their link is removed so FireWorks
+# does not replay them. A FIZZLED child (a fit that failed because every label of its
+# round failed) produced nothing and added nothing: it stays linked, so rerunning the
+# label reruns it too once the labels are in.
+DETACH_STATES = ("COMPLETED", "RUNNING", "RESERVED")
 
 
 def loop_ids(store: Store) -> list[str]:
@@ -73,7 +77,7 @@ def _detach_finished_children(lp, fw_id: int) -> list[int]:
         wf = lp.workflows.find_one({"nodes": fw_id}, {"links": 1, "fw_states": 1})
         children = wf["links"].get(str(fw_id), [])
         states = wf.get("fw_states", {})
-        done = [c for c in children if states.get(str(c)) in TERMINAL_RUN]
+        done = [c for c in children if states.get(str(c)) in DETACH_STATES]
         if done:
             keep = [c for c in children if c not in done]
             update = {f"links.{fw_id}": keep}
