@@ -156,6 +156,20 @@ def _log_tail(log: Path, n: int = 6) -> str:
     return "\n".join(lines[-n:])
 
 
+def init_job_database(uri: str) -> bool:
+    """Set up FireWorks' id counters in a database that was never used, so `lpad add`
+    works on a new server at once (as the README says). Never resets one that holds
+    anything. True when it did."""
+    from fireworks import LaunchPad
+
+    lp = LaunchPad(host=uri, name=config.db_name(), uri_mode=True, strm_lvl="ERROR",
+                   mongoclient_kwargs={"serverSelectionTimeoutMS": 10000})
+    try:
+        return config.ensure_initialized(lp)
+    finally:
+        lp.connection.close()
+
+
 def status(path: Path | None = None) -> dict:
     path = Path(path or config.db_dir())
     info = ServerInfo.read(path)
@@ -185,6 +199,7 @@ def start(port: int | None = None, path: Path | None = None, host: str = "127.0.
                 f"{existing.port}; stop it first (`moire-al db stop --path {path}`)"
             )
         if ping(existing.uri, 5000):
+            init_job_database(existing.uri)
             return existing
         raise DatabaseError(
             f"a server (pid {existing.pid}) holds {path} but does not answer on "
@@ -226,6 +241,7 @@ def start(port: int | None = None, path: Path | None = None, host: str = "127.0.
             raise DatabaseError(f"{reason} (exit code {rc}); log: {log}")
         if ping(info.uri, 500):
             info.write()
+            init_job_database(info.uri)
             return info
         time.sleep(0.2)
     proc.kill()

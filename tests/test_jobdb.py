@@ -157,3 +157,30 @@ def test_two_concurrent_rlaunch_run_each_firework_once(launchpad, launchpad_file
     # Both workers took part, so the fireworks really were contended.
     worker_dirs = {Path(d["launch_dir"]).parts[-2] for d in launchpad.launches.find({}, {"launch_dir": 1})}
     assert worker_dirs == {"worker0", "worker1"}
+
+
+def test_readme_steps_on_fresh_database_db_start_then_lpad_add(tmp_path, bin_dir):
+    """README "Using it": `moire-al db start`, then `lpad -l launchpad.yaml add ...` at once."""
+    import yaml
+
+    from moire_al.workflows.builders import workflow_files_dir
+
+    env = {k: v for k, v in os.environ.items() if k != "MOIRE_AL_DB_URI"}
+    env["MOIRE_AL_DATA"] = str(tmp_path / "data")
+    port = dbserver.free_port()
+    r = subprocess.run([str(bin_dir / "moire-al"), "db", "start", "--port", str(port)], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    try:
+        lp_file = tmp_path / "launchpad.yaml"
+        lp_file.write_text(yaml.safe_dump({"host": dbserver.config.local_uri(port), "name": "moire_al",
+                                           "uri_mode": True, "strm_lvl": "ERROR"}))
+        r = subprocess.run([str(bin_dir / "lpad"), "-l", str(lp_file), "add",
+                            str(workflow_files_dir() / "graphene_hyperactive.yaml")], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120, env=env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        client = pymongo.MongoClient(dbserver.config.local_uri(port), serverSelectionTimeoutMS=5000)
+        assert client.moire_al.fireworks.count_documents({}) == 1
+        client.close()
+    finally:
+        dbserver.stop(tmp_path / "data" / "db")
