@@ -17,6 +17,11 @@ from pathlib import Path
 
 DEFAULT_PORT = 27117
 DEFAULT_DB_NAME = "moire_al"
+# How long a worker (rlaunch and the Firetasks in it) waits for an unreachable job
+# database before giving up: long enough to ride out a server restart.
+DEFAULT_DB_WAIT_S = 300.0
+# How long an interactive command (status, resume, webgui, ...) waits: fail fast.
+INTERACTIVE_DB_WAIT_S = 10.0
 
 
 def data_dir() -> Path:
@@ -30,6 +35,11 @@ def db_dir() -> Path:
 
 def db_name() -> str:
     return os.environ.get("MOIRE_AL_DB_NAME", DEFAULT_DB_NAME)
+
+
+def db_wait_s() -> float:
+    """Seconds a worker waits for an unreachable job database (``MOIRE_AL_DB_WAIT``)."""
+    return float(os.environ.get("MOIRE_AL_DB_WAIT", DEFAULT_DB_WAIT_S))
 
 
 def local_uri(port: int, host: str = "127.0.0.1") -> str:
@@ -49,25 +59,47 @@ def db_uri() -> str:
     return local_uri(DEFAULT_PORT)
 
 
-def launchpad_dict(uri: str | None = None, name: str | None = None) -> dict:
-    """The LaunchPad settings (``launchpad.yaml`` content) for a URI."""
+def launchpad_dict(uri: str | None = None, name: str | None = None, wait_s: float | None = None) -> dict:
+    """The LaunchPad settings (``launchpad.yaml`` content) for a URI.
+
+    Every operation waits up to ``wait_s`` (default :func:`db_wait_s`) for the server,
+    so a worker rides out a database restart instead of dying with its Firework RUNNING.
+    """
+    wait_s = db_wait_s() if wait_s is None else wait_s
     return {
         "host": uri or db_uri(),
         "name": name or db_name(),
         "uri_mode": True,
         "logdir": None,
         "strm_lvl": "WARNING",
-        "mongoclient_kwargs": {"serverSelectionTimeoutMS": 10000},
+        "mongoclient_kwargs": {"serverSelectionTimeoutMS": int(wait_s * 1000)},
     }
 
 
-def get_launchpad(launchpad_file: str | os.PathLike | None = None):
-    """A FireWorks LaunchPad from a launchpad file, else from :func:`db_uri`."""
+def get_launchpad(launchpad_file: str | os.PathLike | None = None, wait_s: float | None = None):
+    """A FireWorks LaunchPad from a launchpad file, else from :func:`db_uri`.
+
+    ``wait_s``: how long an operation waits for an unreachable server (default: the
+    file's setting, else :func:`db_wait_s`); interactive commands pass
+    :data:`INTERACTIVE_DB_WAIT_S`.
+    """
     from fireworks import LaunchPad
 
-    if launchpad_file:
+    if not launchpad_file:
+        return LaunchPad.from_dict(launchpad_dict(wait_s=wait_s))
+    if wait_s is None:
         return LaunchPad.from_file(str(launchpad_file))
-    return LaunchPad.from_dict(launchpad_dict())
+    from monty.serialization import loadfn
+
+    from moire_al.errors import MoireALError
+
+    try:
+        d = loadfn(str(launchpad_file))
+    except (OSError, ValueError) as exc:
+        raise MoireALError(f"cannot read the launchpad file {launchpad_file}: {exc}") from None
+    d = dict(d or {})
+    d["mongoclient_kwargs"] = {**(d.get("mongoclient_kwargs") or {}), "serverSelectionTimeoutMS": int(wait_s * 1000)}
+    return LaunchPad.from_dict(d)
 
 
 def ensure_initialized(lp) -> bool:

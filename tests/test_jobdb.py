@@ -184,3 +184,13 @@ def test_readme_steps_on_fresh_database_db_start_then_lpad_add(tmp_path, bin_dir
         client.close()
     finally:
         dbserver.stop(tmp_path / "data" / "db")
+
+
+def test_commands_without_a_database_fail_in_one_line(tmp_path, bin_dir):
+    """No server on the URI: `status`/`resume` say so in one line after a short wait."""
+    uri = dbserver.config.local_uri(dbserver.free_port())
+    for cmd in (["status"], ["resume"]):  # run() times out long before a worker's 300 s wait
+        r = run([str(bin_dir / "moire-al"), *cmd], tmp_path, env={"MOIRE_AL_DB_URI": uri}, timeout=90)
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert "job database" in r.stderr

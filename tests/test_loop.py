@@ -287,3 +287,46 @@ def test_resume_after_whole_round_failed_refits_and_finishes(launchpad, tmp_path
     assert rounds[0]["n_failed"] == 0 and rounds[0]["n_new"] == 4 + 3
     assert store.loops.find_one({"loop_id": "L"})["state"] == "COMPLETED"
     assert_labelled_once(store)
+
+
+def test_worker_rides_out_database_outage_longer_than_ten_seconds(launchpad, db_server, tmp_path,
+                                                                   monkeypatch, bin_dir):
+    """The server is SIGKILLed while a worker labels and stays away 15 s: the worker
+    waits (saying so), the label lands once, the Firework completes, no traceback."""
+    from moire_al import config
+
+    monkeypatch.chdir(tmp_path)
+    add_loop(launchpad, tiny_settings(max_rounds=1))
+    launch_rocket(launchpad, WORKER)  # init
+    lp_file = tmp_path / "launchpad.yaml"  # what users get (launchpad.yaml, the demo's file)
+    lp_file.write_text(yaml.safe_dump(config.launchpad_dict(db_server.uri, launchpad.name)))
+    repo_lp = yaml.safe_load((workflow_files_dir().parent / "launchpad.yaml").read_text())
+    assert repo_lp["mongoclient_kwargs"] == \
+        config.launchpad_dict(wait_s=config.DEFAULT_DB_WAIT_S)["mongoclient_kwargs"]
+    fworker = tmp_path / "fw.yaml"
+    fworker.write_text(yaml.safe_dump({"name": "patient", "category": "dft", "query": "{}"}))
+    proc = subprocess.Popen([str(bin_dir / "rlaunch"), "-l", str(lp_file), "-w", str(fworker), "singleshot"],
+                            cwd=tmp_path, env={**os.environ, "MOIRE_AL_REFERENCE_SLEEP": "4"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        store = Store.from_launchpad(launchpad)
+        deadline = time.time() + 60
+        # label_runs is counted just before the labeller starts (and sleeps 4 s)
+        while not store.members.find_one({"label_runs": 1}) and time.time() < deadline:
+            time.sleep(0.1)
+        running = launchpad.get_fw_ids({"state": "RUNNING"})
+        assert len(running) == 1
+        db_server.kill()  # inside the labeller's sleep: the label is written while the server is away
+        time.sleep(15)
+        db_server.start()
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, out
+    assert "Traceback" not in out, out
+    assert "job database unreachable" in out, out
+    assert launchpad.get_fw_by_id(running[0]).state == "COMPLETED"
+    h = launchpad.get_fw_by_id(running[0]).spec["_tasks"][0]["hashes"][0]
+    assert store.labels.count_documents({"structure_hash": h}) == 1

@@ -17,13 +17,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_webgui(args) -> int:
-    from moire_al.config import get_launchpad
+    from moire_al.config import INTERACTIVE_DB_WAIT_S, get_launchpad
     from moire_al.errors import MoireALError
     from moire_al.web.app import serve
 
     if bool(args.username) != bool(args.password):
         raise MoireALError("give both --username and --password, or neither")
-    lp = get_launchpad(args.launchpad)
+    lp = get_launchpad(args.launchpad, wait_s=INTERACTIVE_DB_WAIT_S)
     print(f"web GUI on http://{args.host}:{args.port}/  (dashboard: /learning)", flush=True)
     serve(lp, host=args.host, port=args.port, workers=args.workers,
           username=args.username, password=args.password)

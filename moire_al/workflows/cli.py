@@ -72,7 +72,7 @@ def _parse_sets(items: list[str]) -> dict:
 def _cmd_loop_add(args) -> int:
     from fireworks import Workflow
 
-    from moire_al.config import get_launchpad
+    from moire_al.config import INTERACTIVE_DB_WAIT_S, get_launchpad
     from moire_al.workflows.builders import hyperactive_loop
     from moire_al.workflows.settings import LoopSettings
 
@@ -88,7 +88,7 @@ def _cmd_loop_add(args) -> int:
         wf = hyperactive_loop(settings)
     from moire_al.config import ensure_initialized
 
-    lp = get_launchpad(args.launchpad)
+    lp = get_launchpad(args.launchpad, wait_s=INTERACTIVE_DB_WAIT_S)
     ensure_initialized(lp)
     ids = lp.add_wf(wf)
     print(f"added workflow '{wf.name}' (fw ids {sorted(ids.values())}); run workers with "
@@ -97,11 +97,11 @@ def _cmd_loop_add(args) -> int:
 
 
 def _cmd_status(args) -> int:
-    from moire_al.config import get_launchpad
+    from moire_al.config import INTERACTIVE_DB_WAIT_S, get_launchpad
     from moire_al.store.mongo import Store
     from moire_al.workflows.manage import fw_states, loop_ids, status_table
 
-    lp = get_launchpad(args.launchpad)
+    lp = get_launchpad(args.launchpad, wait_s=INTERACTIVE_DB_WAIT_S)
     store = Store.from_launchpad(lp)
     ids = [args.loop] if args.loop else loop_ids(store)
     if not ids:
@@ -119,34 +119,34 @@ def _cmd_status(args) -> int:
 
 
 def _cmd_resume(args) -> int:
-    from moire_al.config import get_launchpad
+    from moire_al.config import INTERACTIVE_DB_WAIT_S, get_launchpad
     from moire_al.workflows.manage import resume
 
-    out = resume(get_launchpad(args.launchpad), args.loop, args.round)
+    out = resume(get_launchpad(args.launchpad, wait_s=INTERACTIVE_DB_WAIT_S), args.loop, args.round)
     print(f"rerun {len(out['rerun'])} fizzled labelling fireworks {out['rerun']}"
           + (f"; refit added for {out['refit_loops']}" if out["refit_loops"] else ""))
     return 0
 
 
 def _cmd_report(args) -> int:
-    from moire_al.config import get_launchpad
+    from moire_al.config import INTERACTIVE_DB_WAIT_S, get_launchpad
     from moire_al.store.mongo import Store
     from moire_al.workflows.manage import write_report
 
-    store = Store.from_launchpad(get_launchpad(args.launchpad))
+    store = Store.from_launchpad(get_launchpad(args.launchpad, wait_s=INTERACTIVE_DB_WAIT_S))
     out = write_report(store, args.loop, args.output or Path("runs") / args.loop / "report")
     print(f"report written to {out}")
     return 0
 
 
 def _cmd_suite(args) -> int:
-    from moire_al.config import get_launchpad
+    from moire_al.config import INTERACTIVE_DB_WAIT_S, get_launchpad
     from moire_al.workflows.analysis import analysis_workflow
 
     from moire_al.config import ensure_initialized
 
     wf = analysis_workflow(args.material, model_id=args.model, quick=args.quick)
-    lp = get_launchpad(args.launchpad)
+    lp = get_launchpad(args.launchpad, wait_s=INTERACTIVE_DB_WAIT_S)
     ensure_initialized(lp)
     ids = lp.add_wf(wf)
     print(f"added '{wf.name}': {len(ids)} analysis fireworks; run `rlaunch -l launchpad.yaml "

@@ -70,7 +70,7 @@ def run_demo(material: str = "graphene", labeller: str = "reference", max_rounds
                 print(f"  round {seen}: {r['n_train']} labelled, force RMSE "
                       f"{(r.get('rmse') or {}).get('F', float('nan')):.4f} eV/Å, max σF {r['max_sigma_f']:.4g}"
                       f" [{time.time() - t0:.0f} s]", flush=True)
-            loop = store.loops.find_one({"loop_id": loop_id}) or {}
+            loop = store.get_loop(loop_id) or {}
             states = fw_states(lp, loop_id)
             active = sum(states.get(s, 0) for s in ("READY", "RESERVED", "RUNNING"))
             if loop.get("state") == "COMPLETED" and active == 0:

@@ -129,7 +129,7 @@ def label_structures(store: Store, loop_id: str, round_: int, hashes: list[str],
         if store.get_label(key) is not None:
             skipped.append(h)
             continue
-        store.members.update_one({"loop_id": loop_id, "hash": h}, {"$inc": {"label_runs": 1}})
+        store.count_label_run(loop_id, h)
         try:
             result = labeller.label(atoms, str(workdir))
         except MoireALError as exc:  # bad structure, missing code, a crash the labeller reports
@@ -143,7 +143,7 @@ def label_structures(store: Store, loop_id: str, round_: int, hashes: list[str],
             failed.append((h, failure.get("message", "")))
             continue
         store.put_label(result.as_dict(), loop_id=loop_id, round=round_)
-        store.failures.update_many({"key": key}, {"$set": {"resolved": True}})
+        store.resolve_failures(key)
         done.append(h)
     if failed:
         msgs = "; ".join(f"{h}: {m}" for h, m in failed)
@@ -205,11 +205,11 @@ def fit_round(store: Store, settings: LoopSettings, loop_id: str, round_: int) -
         selected = previous["selected"]
     else:
         selected = select_most_uncertain(candidates, ranking, settings.batch_size)
-    failures = list(store.failures.find({"loop_id": loop_id, "resolved": False}, {"key": 1, "round": 1}))
+    failures = store.unresolved_failures(loop_id)
     doc = {
         "loop_id": loop_id, "round": round_, "started": previous.get("started", started),
         "finished": utcnow(), "wall_time": time.time() - t0,
-        "n_train": len(train), "n_new": int(store.labels.count_documents({"loop_id": loop_id, "round": round_})),
+        "n_train": len(train), "n_new": store.count_labels(loop_id, round_),
         "n_failed": len(missing), "failed_keys": [f["key"] for f in failures],
         "model_id": model_id, "rmse": errors, "n_test": len(test),
         "parity": {"F_ref": ref.tolist(), "F_pred": pred.tolist()},

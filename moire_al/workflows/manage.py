@@ -19,7 +19,7 @@ DETACH_STATES = ("COMPLETED", "RUNNING", "RESERVED")
 
 
 def loop_ids(store: Store) -> list[str]:
-    return [d["loop_id"] for d in store.loops.find({}, {"loop_id": 1}).sort("created", 1)]
+    return store.loop_ids()
 
 
 def fw_states(lp, loop_id: str | None = None) -> dict:
@@ -33,7 +33,7 @@ def fw_states(lp, loop_id: str | None = None) -> dict:
 
 def status_table(store: Store, loop_id: str) -> str:
     """A plain-text table of a loop's rounds."""
-    loop = store.loops.find_one({"loop_id": loop_id}) or {}
+    loop = store.get_loop(loop_id) or {}
     params = loop.get("params", {})
     head = (f"loop {loop_id}  material {params.get('material', '?')}  labeller {params.get('labeller', '?')}  "
             f"state {loop.get('state', '?')}" + (f" ({loop['stop_reason']})" if loop.get("stop_reason") else ""))
@@ -115,7 +115,7 @@ def resume(lp, loop_id: str | None = None, round_: int | None = None) -> dict:
     for d in fws:
         by_loop.setdefault(d["spec"]["_moire"]["loop_id"], []).append(d["fw_id"])
     for lid, ids in by_loop.items():
-        loop = store.loops.find_one({"loop_id": lid}) or {}
+        loop = store.get_loop(lid) or {}
         if loop.get("state") != "COMPLETED":
             continue  # a fit still to come will pick the labels up
         last = max((r["round"] for r in store.get_rounds(lid)), default=-1)
