@@ -21,5 +21,10 @@ class ModelError(MoireALError, ValueError):
     """A model cannot be fitted or applied to the given data."""
 
 
+class SettingsError(MoireALError, ValueError):
+    """A parameter or setting is unknown or out of range (loop parameters, labeller
+    settings, model hyperparameters, pool recipes)."""
+
+
 class DatabaseError(MoireALError):
     """The job database cannot be started, reached or used."""

@@ -330,3 +330,40 @@ def test_worker_rides_out_database_outage_longer_than_ten_seconds(launchpad, db_
     assert launchpad.get_fw_by_id(running[0]).state == "COMPLETED"
     h = launchpad.get_fw_by_id(running[0]).spec["_tasks"][0]["hashes"][0]
     assert store.labels.count_documents({"structure_hash": h}) == 1
+
+
+@pytest.mark.parametrize("key, value, named", [
+    ("labeller_settings", {"bogus": 1}, "bogus"),
+    ("model", {"bogus": 1}, "bogus"),
+    ("model", {"order": "three"}, "order"),
+    ("pool", {"bogus": 1}, "bogus"),
+    ("n_test", True, "True"),
+    ("threshold", True, "True"),
+])
+def test_bad_nested_parameter_is_named(key, value, named):
+    with pytest.raises(SettingsError, match=f"'{key}'.*{named}"):
+        LoopSettings.from_dict({key: value})
+
+
+def test_loop_add_cli_rejects_bad_nested_parameters_before_storing_anything(launchpad, launchpad_file,
+                                                                            tmp_path, bin_dir):
+    d = workflow_file_dict(hyperactive_loop(tiny_settings()))
+    d["fws"][0]["spec"]["_tasks"][0]["params"]["labeller_settings"] = {"bogus": 1}
+    f = tmp_path / "bad.yaml"
+    f.write_text(yaml.safe_dump(d))
+    for args in ([str(f)], ["--set", 'pool={"bogus": 1}'], ["--set", 'model={"bogus": 1}']):
+        r = subprocess.run([str(bin_dir / "moire-al"), "loop", *args, "-l", str(launchpad_file)],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 1 and "bogus" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert launchpad.fireworks.count_documents({}) == 0
+
+
+def test_bad_pool_added_with_lpad_fizzles_init_and_stores_no_loop(launchpad, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    d = workflow_file_dict(hyperactive_loop(tiny_settings()))
+    d["fws"][0]["spec"]["_tasks"][0]["params"]["pool"] = {"bogus": 1}
+    wf_id = min(launchpad.add_wf(Workflow.from_dict(d)).values())
+    launch_rocket(launchpad, WORKER)
+    assert launchpad.get_fw_by_id(wf_id).state == "FIZZLED"
+    store = Store.from_launchpad(launchpad)
+    assert store.loops.count_documents({}) == 0 and store.members.count_documents({}) == 0

@@ -98,8 +98,9 @@ def init_loop(store: Store, settings: LoopSettings, loop_id: str) -> dict:
         initial = store.member_hashes(loop_id, role="pool", selected=True, upto_round=0)
         test = store.member_hashes(loop_id, role="test")
         return {"initial": initial, "test": test, "n_pool": len(existing)}
+    recipe = settings.pool_recipe()  # a bad recipe fails before anything is stored
     store.put_loop(loop_id, settings.as_dict())
-    pool = make_pool(settings.material, settings.pool_recipe(), seed=settings.seed)
+    pool = make_pool(settings.material, recipe, seed=settings.seed)
     hashes = store.put_structures(pool)
     hashes = list(dict.fromkeys(hashes))  # identical candidates count once
     initial, test = split_initial(hashes, settings.n_initial, settings.n_test, settings.seed)

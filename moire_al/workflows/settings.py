@@ -10,15 +10,17 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-from moire_al.errors import MoireALError
+from moire_al.errors import MoireALError, SettingsError
 
 MATERIALS = ("graphene", "hbn")
 LABELLERS = ("reference", "cp2k", "gpaw")
 CRITERIA = ("rel_force_unc", "max_force_std")
 
+__all__ = ["LoopSettings", "SettingsError", "MATERIALS", "LABELLERS", "CRITERIA"]
 
-class SettingsError(MoireALError, ValueError):
-    """A loop parameter is unknown or out of range."""
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 @dataclass
@@ -57,16 +59,34 @@ class LoopSettings:
             bad("pool", f"{self.pool!r} is not 'small', 'paper' or a PoolRecipe mapping")
         for name in ("n_initial", "batch_size", "max_rounds", "chunk_size"):
             v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            if not _is_int(v) or v < 1:
                 bad(name, f"must be a positive integer, got {v!r}")
-        if not isinstance(self.n_test, int) or self.n_test < 0:
+        if not _is_int(self.n_test) or self.n_test < 0:
             bad("n_test", f"must be a non-negative integer, got {self.n_test!r}")
-        if not isinstance(self.threshold, (int, float)) or not self.threshold > 0:
+        if not _is_int(self.seed):
+            bad("seed", f"must be an integer, got {self.seed!r}")
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) \
+                or not self.threshold > 0:
             bad("threshold", f"must be a positive number, got {self.threshold!r}")
+        if not isinstance(self.name, str):
+            bad("name", f"must be a string, got {self.name!r}")
         if not isinstance(self.labeller_settings, dict):
             bad("labeller_settings", "must be a mapping")
         if not isinstance(self.model, dict):
             bad("model", "must be a mapping of ACEModel hyperparameters")
+        # The nested parameters too, so a bad one fails here and not on a worker after
+        # the pool is stored and labels are computed.
+        self.pool_recipe()
+        try:
+            self.labeller_obj()
+        except (MoireALError, ValueError, TypeError) as exc:
+            bad("labeller_settings", str(exc))
+        from moire_al.models.ace import ACEModel
+
+        try:
+            ACEModel.check_params(self.model)
+        except (MoireALError, ValueError, TypeError) as exc:
+            bad("model", str(exc))
 
     @classmethod
     def from_dict(cls, d: dict) -> "LoopSettings":
@@ -87,6 +107,12 @@ class LoopSettings:
         if isinstance(self.pool, dict):
             try:
                 return PoolRecipe.from_dict(self.pool)
-            except (TypeError, ValueError) as exc:
-                raise SettingsError(f"loop parameter 'pool': {exc}") from exc
+            except (TypeError, ValueError, MoireALError) as exc:
+                raise SettingsError(f"loop parameter 'pool': {exc}") from None
         return PoolRecipe.small() if self.pool == "small" else PoolRecipe.paper()
+
+    def labeller_obj(self):
+        """The loop's labeller (constructing it checks ``labeller_settings``)."""
+        from moire_al.labelling import get_labeller
+
+        return get_labeller(self.labeller, self.labeller_settings)
