@@ -42,7 +42,9 @@ def get_labeller(name: str, settings: dict | None = None) -> Labeller:
         from moire_al.labelling.vasp import VaspInputsLabeller
 
         return VaspInputsLabeller(settings)
-    raise ValueError(f"unknown labeller {name!r}; choose one of {', '.join(LABELLERS)}")
+    from moire_al.errors import SettingsError
+
+    raise SettingsError(f"unknown labeller {name!r}; choose one of {', '.join(LABELLERS)}")
 
 
 def reference_calculator(material=None):

@@ -26,7 +26,7 @@ import subprocess
 import numpy as np
 from ase import units
 
-from moire_al.errors import LabelError, StructureError
+from moire_al.errors import LabelError, SettingsError, StructureError
 from moire_al.labelling.base import check_structure, structure_name
 from moire_al.labelling.common import (
     finite_floats, kpoint_mesh, label_through_custodian, map_by_position, require_binary,
@@ -138,10 +138,10 @@ class Cp2kLabeller:
         settings = dict(settings or {})
         unknown = set(settings) - set(DEFAULTS) - set(RUN_OPTIONS)
         if unknown:
-            raise ValueError(f"cp2k labeller: unknown setting(s) {sorted(unknown)}")
+            raise SettingsError(f"cp2k labeller: unknown setting(s) {sorted(unknown)}")
         self.run_options = {k: settings.pop(k, v) for k, v in RUN_OPTIONS.items()}
         if int(self.run_options["ranks"]) < 1 or int(self.run_options["omp_threads"]) < 1:
-            raise ValueError("cp2k labeller: ranks and omp_threads must be >= 1")
+            raise SettingsError("cp2k labeller: ranks and omp_threads must be >= 1")
         s = dict(DEFAULTS)
         s.update(settings)
         self.settings = s

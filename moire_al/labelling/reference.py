@@ -35,7 +35,7 @@ import numpy as np
 from ase import units
 from ase.calculators.calculator import Calculator, all_changes
 
-from moire_al.errors import LabelError, StructureError
+from moire_al.errors import LabelError, SettingsError, StructureError
 
 # A z gap at least this wide (Å) counts as vacuum: z is then non-periodic.
 VACUUM_GAP = 6.0
@@ -503,9 +503,9 @@ class ReferenceLabeller:
         self.sleep = float(settings.pop("sleep", 0.0) or 0.0)
         unknown = set(settings) - {"material", "min_dist"}
         if unknown:
-            raise ValueError(f"reference labeller: unknown setting(s) {sorted(unknown)}")
+            raise SettingsError(f"reference labeller: unknown setting(s) {sorted(unknown)}")
         if self.fail_mode not in ("failure", "raise"):
-            raise ValueError("fail_mode must be 'failure' or 'raise'")
+            raise SettingsError("fail_mode must be 'failure' or 'raise'")
         self.settings = settings
         self._calcs: dict = {}
 

@@ -69,6 +69,21 @@ def _parse_sets(items: list[str]) -> dict:
     return out
 
 
+def _read_workflow(path):
+    """A FireWorks workflow file, or one clear line saying why it cannot be read."""
+    from fireworks import Workflow
+
+    from moire_al.errors import MoireALError
+
+    try:
+        return Workflow.from_file(path)
+    except OSError as exc:
+        raise MoireALError(f"{path}: {exc.strerror or exc}") from None
+    except Exception as exc:  # YAML/JSON syntax, or not a workflow (FireWorks raises many types)
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MoireALError(f"{path}: not a readable workflow file ({type(exc).__name__}: {msg})") from None
+
+
 def _cmd_loop_add(args) -> int:
     from fireworks import Workflow
 
@@ -77,7 +92,7 @@ def _cmd_loop_add(args) -> int:
     from moire_al.workflows.settings import LoopSettings
 
     if args.workflow:
-        wf = Workflow.from_file(args.workflow)
+        wf = _read_workflow(args.workflow)
         for fw in wf.fws:  # validate before adding: a typo fails here, not on a worker
             for t in fw.tasks:
                 if "params" in t:
