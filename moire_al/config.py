@@ -76,6 +76,27 @@ def launchpad_dict(uri: str | None = None, name: str | None = None, wait_s: floa
     }
 
 
+def write_private(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically, readable by its owner only (0600): for
+    files that may hold a database URI with a password."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(tmp, 0o600)
+    tmp.replace(path)
+    return path
+
+
+def write_launchpad_file(path: str | os.PathLike, d: dict | None = None) -> Path:
+    """A ``launchpad.yaml`` (default: :func:`launchpad_dict`), mode 0600 (its URI may
+    carry a password)."""
+    import yaml
+
+    return write_private(path, yaml.safe_dump(d or launchpad_dict()))
+
+
 def get_launchpad(launchpad_file: str | os.PathLike | None = None, wait_s: float | None = None):
     """A FireWorks LaunchPad from a launchpad file, else from :func:`db_uri`.
 

@@ -53,9 +53,7 @@ class ServerInfo:
 
     def write(self) -> None:
         f = Path(self.path) / "server.json"
-        tmp = f.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1))
-        tmp.replace(f)
+        config.write_private(f, json.dumps(asdict(self), indent=1))
 
 
 def _find_server_exe() -> str:
@@ -190,7 +188,8 @@ def start(port: int | None = None, path: Path | None = None, host: str = "127.0.
     the data directory is held by another server, or the server does not answer.
     """
     path = Path(path or config.db_dir()).expanduser().resolve()
-    path.mkdir(parents=True, exist_ok=True)
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path, 0o700)  # the server has no authentication: only its owner may read the files
     existing = ServerInfo.read(path)
     if existing and pid_alive(existing.pid):
         if port not in (None, existing.port):
@@ -215,6 +214,8 @@ def start(port: int | None = None, path: Path | None = None, host: str = "127.0.
         raise DatabaseError(f"port {port} on {host} is already in use; choose another with --port")
 
     log = path / "secantusd.log"
+    if not log.exists():
+        log.touch(mode=0o600)
     # --sync-on-commit: without it a write acknowledged just before a crash (SIGKILL)
     # is lost (seen in tests/test_jobdb.py); a job database's writes are few and small.
     cmd = [_find_server_exe(), "--host", host, "--port", str(port), "--storage-path", str(path),
@@ -224,7 +225,7 @@ def start(port: int | None = None, path: Path | None = None, host: str = "127.0.
         fh.flush()
         proc = subprocess.Popen(
             cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=path, start_new_session=True,
+            cwd=path, start_new_session=True, umask=0o077,  # database files 0600
         )
     info = ServerInfo(pid=proc.pid, host=host, port=port, uri=config.local_uri(port, host),
                       path=str(path), started=time.time())

@@ -45,7 +45,7 @@ def run_demo(material: str = "graphene", labeller: str = "reference", max_rounds
     print(f"added workflow {wf_id}: {wf.name}; loop id {loop_id}", flush=True)
 
     lp_file = run_dir / "launchpad.yaml"
-    lp_file.write_text(yaml.safe_dump(config.launchpad_dict()))
+    config.write_launchpad_file(lp_file)  # 0600: the URI may hold a password
     fw_file = run_dir / "fworker.yaml"
     fw_file.write_text(yaml.safe_dump({"name": "demo worker", "category": ["dft", "fit", "analysis"],
                                        "query": "{}"}))
