@@ -26,5 +26,12 @@ class SettingsError(MoireALError, ValueError):
     settings, model hyperparameters, pool recipes)."""
 
 
+class NotFoundError(MoireALError, KeyError):
+    """A loop, model or structure id that is not in the job database."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
 class DatabaseError(MoireALError):
     """The job database cannot be started, reached or used."""

@@ -201,6 +201,7 @@ def test_failed_label_fizzles_alone_and_resume_lands_it_once(launchpad, tmp_path
     final = store.get_rounds("L")[-1]
     assert final["round"] == 2 and final["n_failed"] == 0
     assert final["n_train"] == rounds[-1]["n_train"] + 1  # the refit picked the label up
+    assert final["n_new"] == 1  # ... and counts it as new
     assert store.failures.find_one({"key": rounds[0]["failed_keys"][0]})["resolved"] is True
 
 
@@ -263,6 +264,10 @@ def test_rerun_of_finished_fit_does_not_duplicate_branch(launchpad, tmp_path, mo
     assert store.labels.count_documents({}) == labels_before
     members = assert_labelled_once(store)
     assert all(m["label_runs"] == 1 for m in members)
+    # The refitted models replaced their files: no orphaned tar.gz in GridFS.
+    files = list(store.db["model_files.files"].find({}, {"metadata.model_id": 1}))
+    assert sorted(f["metadata"]["model_id"] for f in files) == ["L-r0", "L-r1"]
+    assert {m["file_id"] for m in store.models.find({})} == {f["_id"] for f in files}
 
 
 def test_resume_after_whole_round_failed_refits_and_finishes(launchpad, tmp_path, monkeypatch):
@@ -367,3 +372,23 @@ def test_bad_pool_added_with_lpad_fizzles_init_and_stores_no_loop(launchpad, tmp
     assert launchpad.get_fw_by_id(wf_id).state == "FIZZLED"
     store = Store.from_launchpad(launchpad)
     assert store.loops.count_documents({}) == 0 and store.members.count_documents({}) == 0
+    # `moire-al status` shows the fizzled init and why, instead of "no loops"
+    from moire_al.workflows.manage import init_problems
+
+    (problem,) = init_problems(launchpad)
+    assert problem["fw_id"] == wf_id and problem["state"] == "FIZZLED" and "bogus" in problem["error"]
+
+
+def test_status_resume_report_of_unknown_loop_fail(launchpad, launchpad_file, tmp_path, capsys):
+    from moire_al.cli import main
+
+    add_loop(launchpad, tiny_settings())
+    for argv in (["status", "--loop", "nope"], ["resume", "--loop", "nope"], ["report", "nope"]):
+        capsys.readouterr()
+        assert main([*argv, "-l", str(launchpad_file)]) == 1, argv
+        err = capsys.readouterr().err
+        assert "nope" in err and "\n" not in err.strip(), err
+    capsys.readouterr()
+    assert main(["status", "-l", str(launchpad_file)]) == 0
+    out = capsys.readouterr().out
+    assert "not started" in out and "READY" in out, out  # the init Firework waits for a worker

@@ -24,7 +24,7 @@ import numpy as np
 from ase import Atoms
 
 from moire_al.conventions import REF_D3, REF_ENERGY, REF_FORCES, REF_LABELLER, REF_STRESS, structure_hash
-from moire_al.errors import DatabaseError, LabelError
+from moire_al.errors import DatabaseError, LabelError, NotFoundError
 from moire_al.conventions import plain as _jsonable
 
 MODEL_BUCKET = "model_files"
@@ -180,7 +180,7 @@ class Store:
         docs = {d["hash"]: d for d in self.structures.find({"hash": {"$in": list(hashes)}}, {"_id": 0})}
         missing = [h for h in hashes if h not in docs]
         if missing:
-            raise KeyError(f"structures not in the store: {missing[:5]}")
+            raise NotFoundError(f"structures not in the store: {missing[:5]}")
         return [doc_to_atoms(docs[h]) for h in hashes]
 
     # ------------------------------------------------------------ loop membership
@@ -278,7 +278,9 @@ class Store:
 
     @_retrying
     def put_model(self, model_dir: str | Path, **metadata) -> str:
-        """Store a model directory as a tar.gz in GridFS; returns its model_id."""
+        """Store a model directory as a tar.gz in GridFS; returns its model_id.
+
+        Storing a model id again (a rerun fit) replaces its file: no orphaned tar.gz."""
         import gridfs
 
         model_id = metadata.pop("model_id", None) or uuid.uuid4().hex[:12]
@@ -290,6 +292,9 @@ class Store:
         self.models.update_one({"model_id": model_id},
                                {"$set": {**_jsonable(metadata), "model_id": model_id, "file_id": file_id,
                                          "created": utcnow()}}, upsert=True)
+        for old in self.db[f"{MODEL_BUCKET}.files"].find({"metadata.model_id": model_id, "_id": {"$ne": file_id}},
+                                                         {"_id": 1}):
+            fs.delete(old["_id"])
         return model_id
 
     @_retrying
@@ -299,7 +304,7 @@ class Store:
 
         meta = self.models.find_one({"model_id": model_id})
         if meta is None:
-            raise KeyError(f"no model {model_id!r} in the store")
+            raise NotFoundError(f"no model {model_id!r} in the store")
         fs = gridfs.GridFSBucket(self.db, bucket_name=MODEL_BUCKET)
         data = fs.open_download_stream(meta["file_id"]).read()
         dest = Path(dest or tempfile.mkdtemp(prefix=f"moire-al-model-{model_id}-"))

@@ -114,12 +114,21 @@ def _cmd_loop_add(args) -> int:
 def _cmd_status(args) -> int:
     from moire_al.config import INTERACTIVE_DB_WAIT_S, get_launchpad
     from moire_al.store.mongo import Store
-    from moire_al.workflows.manage import fw_states, loop_ids, status_table
+    from moire_al.workflows.manage import fw_states, init_problems, loop_ids, require_loop, status_table
 
     lp = get_launchpad(args.launchpad, wait_s=INTERACTIVE_DB_WAIT_S)
     store = Store.from_launchpad(lp)
+    if args.loop:
+        require_loop(store, args.loop)
     ids = [args.loop] if args.loop else loop_ids(store)
-    if not ids:
+    inits = [] if args.loop else init_problems(lp)
+    for p in inits:  # a loop whose init has not run (or failed) has no loop document yet
+        what = {"FIZZLED": "FIZZLED", "RUNNING": "running", "RESERVED": "reserved"}.get(p["state"], "not started")
+        print(f"workflow '{p['workflow']}': init fw {p['fw_id']} {what} ({p['state']})"
+              + (f": {p['error']}" if p["error"] else ""))
+    if inits:
+        print()
+    if not ids and not inits:
         print("no loops in the job database")
     for lid in ids:
         print(status_table(store, lid))

@@ -207,10 +207,12 @@ def fit_round(store: Store, settings: LoopSettings, loop_id: str, round_: int) -
     else:
         selected = select_most_uncertain(candidates, ranking, settings.batch_size)
     failures = store.unresolved_failures(loop_id)
+    n_labels = store.count_labels(loop_id)  # n_new: labels since the previous round (a refit's too)
     doc = {
         "loop_id": loop_id, "round": round_, "started": previous.get("started", started),
         "finished": utcnow(), "wall_time": time.time() - t0,
-        "n_train": len(train), "n_new": store.count_labels(loop_id, round_),
+        "n_train": len(train), "n_labels": n_labels,
+        "n_new": n_labels - int((store.get_round(loop_id, round_ - 1) or {}).get("n_labels", 0)),
         "n_failed": len(missing), "failed_keys": [f["key"] for f in failures],
         "model_id": model_id, "rmse": errors, "n_test": len(test),
         "parity": {"F_ref": ref.tolist(), "F_pred": pred.tolist()},

@@ -22,6 +22,36 @@ def loop_ids(store: Store) -> list[str]:
     return store.loop_ids()
 
 
+def require_loop(store: Store, loop_id: str) -> dict:
+    """The loop document, or a :class:`NotFoundError` naming the known loops."""
+    from moire_al.errors import NotFoundError
+
+    loop = store.get_loop(loop_id)
+    if loop is None:
+        known = store.loop_ids()
+        raise NotFoundError(f"no loop {loop_id!r} in the job database"
+                            + (f" (loops: {', '.join(known[-10:])})" if known else " (it has no loops)"))
+    return loop
+
+
+def init_problems(lp) -> list[dict]:
+    """Init Fireworks that have not completed (no loop document yet): fw id, workflow
+    name, state and, for a FIZZLED one, the last line of its error."""
+    out = []
+    for d in lp.fireworks.find({"spec._moire.step": "init", "state": {"$ne": "COMPLETED"}},
+                               {"fw_id": 1, "name": 1, "state": 1}):
+        wf = lp.workflows.find_one({"nodes": d["fw_id"]}, {"name": 1}) or {}
+        error = ""
+        if d["state"] == "FIZZLED":
+            launch = lp.launches.find_one({"fw_id": d["fw_id"]}, {"action.stored_data._exception": 1},
+                                          sort=[("launch_id", -1)]) or {}
+            trace = (((launch.get("action") or {}).get("stored_data") or {}).get("_exception") or {}) \
+                .get("_stacktrace") or ""
+            error = trace.strip().splitlines()[-1] if trace.strip() else ""
+        out.append({"fw_id": d["fw_id"], "workflow": wf.get("name", ""), "state": d["state"], "error": error})
+    return sorted(out, key=lambda x: x["fw_id"])
+
+
 def fw_states(lp, loop_id: str | None = None) -> dict:
     """Count of Fireworks per state (for one loop: its label and fit Fireworks)."""
     q = {"spec._moire.loop_id": loop_id} if loop_id else {}
@@ -100,6 +130,7 @@ def resume(lp, loop_id: str | None = None, round_: int | None = None) -> dict:
 
     q: dict = {"state": "FIZZLED", "spec._moire.step": "label"}
     if loop_id:
+        require_loop(Store.from_launchpad(lp), loop_id)
         q["spec._moire.loop_id"] = loop_id
     if round_ is not None:
         q["spec._moire.round"] = round_
@@ -136,6 +167,7 @@ def write_report(store: Store, loop_id: str, outdir: str | Path) -> Path:
     """Plots (PNG), the rounds as JSON, and the latest model, in ``outdir``."""
     from moire_al.workflows import report
 
+    require_loop(store, loop_id)
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     rounds = [r for r in store.get_rounds(loop_id) if "n_train" in r]
