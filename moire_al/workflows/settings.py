@@ -13,7 +13,9 @@ from dataclasses import asdict, dataclass, field, fields
 from moire_al.errors import MoireALError, SettingsError
 
 MATERIALS = ("graphene", "hbn")
-LABELLERS = ("reference", "cp2k", "gpaw")
+LABELLERS = ("reference", "cp2k", "gpaw", "dataset")
+#: keys of a pool read from a labelled file: ``{"file": path, "layers": [1, 2, 3]}``
+POOL_FILE_KEYS = ("file", "layers")
 CRITERIA = ("rel_force_unc", "max_force_std")
 
 __all__ = ["LoopSettings", "SettingsError", "MATERIALS", "LABELLERS", "CRITERIA"]
@@ -26,7 +28,7 @@ def _is_int(v) -> bool:
 @dataclass
 class LoopSettings:
     material: str = "graphene"
-    pool: dict | str = "small"          # a PoolRecipe dict, or "small" / "paper"
+    pool: dict | str = "small"          # a PoolRecipe dict, "small" / "paper", or {"file": path}
     labeller: str = "reference"
     labeller_settings: dict = field(default_factory=dict)
     model: dict = field(default_factory=dict)   # ACEModel hyperparameters (committee_size etc.)
@@ -57,6 +59,16 @@ class LoopSettings:
             bad("pool", "must be 'small', 'paper' or a PoolRecipe mapping")
         if isinstance(self.pool, str) and self.pool not in ("small", "paper"):
             bad("pool", f"{self.pool!r} is not 'small', 'paper' or a PoolRecipe mapping")
+        if self.pool_file is not None:
+            extra = sorted(set(self.pool) - set(POOL_FILE_KEYS))
+            if extra:
+                bad("pool", f"a pool from a file takes only {POOL_FILE_KEYS}, not {extra}")
+            if not isinstance(self.pool["file"], str) or not self.pool["file"]:
+                bad("pool", "'file' must be the path of a structure file")
+            layers = self.pool.get("layers")
+            if layers is not None and (not isinstance(layers, list) or not layers or not all(
+                    isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in layers)):
+                bad("pool", f"'layers' must be a list of layer counts, got {layers!r}")
         for name in ("n_initial", "batch_size", "max_rounds", "chunk_size"):
             v = getattr(self, name)
             if not _is_int(v) or v < 1:
@@ -76,7 +88,8 @@ class LoopSettings:
             bad("model", "must be a mapping of ACEModel hyperparameters")
         # The nested parameters too, so a bad one fails here and not on a worker after
         # the pool is stored and labels are computed.
-        self.pool_recipe()
+        if self.pool_file is None:
+            self.pool_recipe()
         try:
             self.labeller_obj()
         except (MoireALError, ValueError, TypeError) as exc:
@@ -100,6 +113,11 @@ class LoopSettings:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def pool_file(self) -> str | None:
+        """The structure file the pool is read from, or None for a generated pool."""
+        return self.pool.get("file") if isinstance(self.pool, dict) and "file" in self.pool else None
 
     def pool_recipe(self):
         from moire_al.structures.pool import PoolRecipe
