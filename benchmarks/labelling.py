@@ -14,8 +14,12 @@ twisted bilayers and a 24-atom ABA trilayer (tens of minutes). ``--ranks`` sets 
 
 import sys
 import tempfile
+from pathlib import Path
 
-from moire_al.labelling import LabelRecord, get_labeller, samples
+from moire_al.labelling import LabelRecord, get_labeller
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' small structures
+import samples  # noqa: E402
 
 DFT = {
     "cp2k": ("cp2k", {}),

@@ -21,9 +21,21 @@ import time
 import numpy as np
 
 
+def _synthetic():
+    """The tests' small structure builders (tests/synthetic.py)."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    tests = str(Path(__file__).resolve().parents[1] / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    return importlib.import_module("synthetic")
+
+
 def _labelled(n_struct, seed, material="graphene"):
     from moire_al.labelling.reference import reference_calculator
-    from moire_al.models import synthetic as S
+    S = _synthetic()
 
     return S.label(S.random_set(material, n_struct, seed=seed, n=4, layers=(1, 2), rattle=(0.0, 0.08)),
                    reference_calculator(material), skip_failures=True)
@@ -72,7 +84,7 @@ def main(argv=None) -> int:
 
     from moire_al.labelling.reference import reference_calculator
     from moire_al.models import ACEModel
-    from moire_al.models import synthetic as S
+    S = _synthetic()
     from moire_al.models.d3 import d3_results
 
     print(f"# moire-al model benchmark: {cores} cores, basis order={args.order} "

@@ -1,4 +1,5 @@
-"""Where moire-al keeps its data and how it reaches the job database.
+"""Where moire-al keeps its data, how it reaches the job database, and every
+``MOIRE_AL_*`` environment variable (:class:`Environment`, the one place that reads them).
 
 Resolution order for the database URI:
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 DEFAULT_PORT = 27117
@@ -24,22 +26,97 @@ DEFAULT_DB_WAIT_S = 300.0
 INTERACTIVE_DB_WAIT_S = 10.0
 
 
+@dataclass(frozen=True)
+class Environment:
+    """moire-al's settings from ``MOIRE_AL_*`` environment variables.
+
+    Each field's metadata names its variable and says what it does; ``docs/architecture.md``
+    lists the same table (a test keeps them equal). Read with :func:`environment` (at
+    call time, so a changed variable takes effect in the next call).
+    """
+
+    data: Path                     # MOIRE_AL_DATA
+    db_path: Path                  # MOIRE_AL_DB_PATH
+    db_uri: str | None             # MOIRE_AL_DB_URI
+    db_name: str                   # MOIRE_AL_DB_NAME
+    db_wait_s: float               # MOIRE_AL_DB_WAIT
+    secantusd: str | None          # MOIRE_AL_SECANTUSD
+    ace_evaluator: str | None      # MOIRE_AL_ACE_EVALUATOR
+    jax_cache: str | None          # MOIRE_AL_JAX_CACHE
+    webgui_password: str | None    # MOIRE_AL_WEBGUI_PASSWORD
+    labeller_plugins: tuple        # MOIRE_AL_LABELLER_PLUGINS
+
+    @classmethod
+    def from_environ(cls, environ=None) -> "Environment":
+        env = os.environ if environ is None else environ
+
+        def get(name):
+            v = env.get(VARIABLES[name][0])
+            return v if v else None
+
+        data = Path(get("data") or Path.home() / ".moire-al").expanduser()
+        wait = get("db_wait_s")
+        try:
+            wait_s = float(wait) if wait else DEFAULT_DB_WAIT_S
+        except ValueError:
+            from moire_al.errors import SettingsError
+
+            raise SettingsError(f"MOIRE_AL_DB_WAIT={wait!r}: expected seconds") from None
+        return cls(
+            data=data,
+            db_path=Path(get("db_path") or data / "db").expanduser(),
+            db_uri=get("db_uri"),
+            db_name=get("db_name") or DEFAULT_DB_NAME,
+            db_wait_s=wait_s,
+            secantusd=get("secantusd"),
+            ace_evaluator=(get("ace_evaluator") or "").lower() or None,
+            jax_cache=get("jax_cache"),
+            webgui_password=get("webgui_password"),
+            labeller_plugins=tuple(m.strip() for m in (get("labeller_plugins") or "").split(",") if m.strip()),
+        )
+
+
+#: field -> (variable, default, meaning); the documented table of docs/architecture.md
+VARIABLES = {
+    "data": ("MOIRE_AL_DATA", "~/.moire-al", "root of local state: database files, JAX cache"),
+    "db_path": ("MOIRE_AL_DB_PATH", "$MOIRE_AL_DATA/db", "data directory of the local job database server"),
+    "db_uri": ("MOIRE_AL_DB_URI", "the local server", "job database URI (a production mongod); "
+               "overrides the local server"),
+    "db_name": ("MOIRE_AL_DB_NAME", DEFAULT_DB_NAME, "database name (FireWorks and the store)"),
+    "db_wait_s": ("MOIRE_AL_DB_WAIT", f"{DEFAULT_DB_WAIT_S:.0f}", "seconds a worker waits for an "
+                  "unreachable job database (written into launchpad files)"),
+    "secantusd": ("MOIRE_AL_SECANTUSD", "secantusd-py beside python", "the job database server program"),
+    "ace_evaluator": ("MOIRE_AL_ACE_EVALUATOR", "auto", "ACE posterior-mean evaluator: auto, kernel or jax"),
+    "jax_cache": ("MOIRE_AL_JAX_CACHE", "$MOIRE_AL_DATA/jax-cache", "XLA compilation cache directory; "
+                  "`none` disables it"),
+    "webgui_password": ("MOIRE_AL_WEBGUI_PASSWORD", "unset", "password of `moire-al webgui --username`"),
+    "labeller_plugins": ("MOIRE_AL_LABELLER_PLUGINS", "unset", "comma-separated modules imported before a "
+                         "labeller name is looked up; they call `moire_al.labelling.register_labeller`"),
+}
+assert set(VARIABLES) == {f.name for f in fields(Environment)}
+
+
+def environment() -> Environment:
+    """The current :class:`Environment` (read now from ``os.environ``)."""
+    return Environment.from_environ()
+
+
 def data_dir() -> Path:
     """Root of moire-al's local state (database files, coupling cache, reports)."""
-    return Path(os.environ.get("MOIRE_AL_DATA", Path.home() / ".moire-al")).expanduser()
+    return environment().data
 
 
 def db_dir() -> Path:
-    return Path(os.environ.get("MOIRE_AL_DB_PATH", data_dir() / "db")).expanduser()
+    return environment().db_path
 
 
 def db_name() -> str:
-    return os.environ.get("MOIRE_AL_DB_NAME", DEFAULT_DB_NAME)
+    return environment().db_name
 
 
 def db_wait_s() -> float:
     """Seconds a worker waits for an unreachable job database (``MOIRE_AL_DB_WAIT``)."""
-    return float(os.environ.get("MOIRE_AL_DB_WAIT", DEFAULT_DB_WAIT_S))
+    return environment().db_wait_s
 
 
 def local_uri(port: int, host: str = "127.0.0.1") -> str:
@@ -47,7 +124,7 @@ def local_uri(port: int, host: str = "127.0.0.1") -> str:
 
 
 def db_uri() -> str:
-    uri = os.environ.get("MOIRE_AL_DB_URI")
+    uri = environment().db_uri
     if uri:
         return uri
     info = db_dir() / "server.json"

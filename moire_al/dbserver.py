@@ -57,7 +57,7 @@ class ServerInfo:
 
 
 def _find_server_exe() -> str:
-    exe = os.environ.get("MOIRE_AL_SECANTUSD")
+    exe = config.environment().secantusd
     if exe:
         return exe
     beside = Path(sys.executable).with_name(SERVER_EXE)

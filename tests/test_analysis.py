@@ -208,7 +208,7 @@ def test_all_defects_with_kc_z_where_kc_full_cannot_build_normals():
     """KC-full stops at Stone-Wales and interstitial sites; REBO + KC/z takes all four."""
     from moire_al.analysis.calculators import get_calculator
     from moire_al.analysis.defects import defect_formation_energies
-    from moire_al.models import synthetic as S
+    import synthetic as S
 
     zc = get_calculator("reference-z", "graphene")
     full = reference_calculator("graphene")

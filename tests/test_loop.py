@@ -13,6 +13,7 @@ import signal
 import subprocess
 import time
 
+import faulty_labeller
 import pytest
 import yaml
 from fireworks import FWorker, Workflow
@@ -26,7 +27,8 @@ from moire_al.workflows.manage import resume, status_table
 from moire_al.workflows.settings import LoopSettings, SettingsError
 
 WORKER = FWorker(name="test", category=["dft", "fit", "analysis"])
-FAIL_ENV = "MOIRE_AL_REFERENCE_FAIL_ON"
+FAIL_ENV = faulty_labeller.FAIL_ON_ENV
+SLEEP_ENV = faulty_labeller.SLEEP_ENV
 
 # About 17 candidates of <= 56 atoms: rattled 1x1/2x2 monolayers, locally twisted
 # bilayers in the 28-atom 21.79° and untwisted 2x2 cells, two trilayers.
@@ -41,7 +43,7 @@ TINY_MODEL = {"order": 2, "totaldegree": 6, "rcut": 5.0, "committee_size": 8}
 
 def tiny_settings(**kw) -> LoopSettings:
     base = dict(material="graphene", pool=TINY_POOL, model=TINY_MODEL, n_initial=4, n_test=3,
-                batch_size=3, max_rounds=3, threshold=1e-9, seed=1)
+                batch_size=3, max_rounds=3, threshold=1e-9, seed=1, labeller=faulty_labeller.NAME)
     return LoopSettings(**{**base, **kw})
 
 
@@ -213,7 +215,7 @@ def test_worker_killed_mid_label_is_recovered_without_duplicates(launchpad, laun
     fworker = tmp_path / "fw.yaml"
     fworker.write_text(yaml.safe_dump({"name": "victim", "category": "dft", "query": "{}"}))
     proc = subprocess.Popen([str(bin_dir / "rlaunch"), "-l", str(launchpad_file), "-w", str(fworker), "singleshot"],
-                            cwd=tmp_path, env={**os.environ, "MOIRE_AL_REFERENCE_SLEEP": "60"},
+                            cwd=tmp_path, env={**os.environ, SLEEP_ENV: "60"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 60
@@ -311,7 +313,7 @@ def test_worker_rides_out_database_outage_longer_than_ten_seconds(launchpad, db_
     fworker = tmp_path / "fw.yaml"
     fworker.write_text(yaml.safe_dump({"name": "patient", "category": "dft", "query": "{}"}))
     proc = subprocess.Popen([str(bin_dir / "rlaunch"), "-l", str(lp_file), "-w", str(fworker), "singleshot"],
-                            cwd=tmp_path, env={**os.environ, "MOIRE_AL_REFERENCE_SLEEP": "4"},
+                            cwd=tmp_path, env={**os.environ, SLEEP_ENV: "4"},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         store = Store.from_launchpad(launchpad)

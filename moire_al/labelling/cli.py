@@ -22,8 +22,9 @@ def register(subparsers) -> None:
     )
     p.add_argument("input", help="structures (extxyz or anything ase reads)")
     p.add_argument("-o", "--output", required=True, help="labelled structures (extxyz)")
-    p.add_argument("--labeller", default="cp2k",
-                   choices=["reference", "cp2k", "gpaw", "vasp-inputs", "dataset"],
+    from moire_al.labelling import labeller_names
+
+    p.add_argument("--labeller", default="cp2k", choices=labeller_names(),
                    help="dataset: replay labels from a labelled file (--settings with {\"path\": ...})")
     p.add_argument("--settings", help="JSON (or YAML) file with labeller settings")
     p.add_argument("--workdir", default=None, help="run directories (default: OUT.runs/)")

@@ -463,12 +463,6 @@ def reference_calculator(material: str | None = None) -> ReferencePotential:
 
 
 # ---------------------------------------------------------------- labeller
-FAIL_ON_ENV = "MOIRE_AL_REFERENCE_FAIL_ON"
-SLEEP_ENV = "MOIRE_AL_REFERENCE_SLEEP"
-# Test hooks: taken out of the settings, so they never change a label key.
-FAULT_SETTINGS = ("fail_on", "fail_mode", "sleep")
-
-
 class ReferenceLabeller:
     """Labels with the reference potential (not DFT) — fast, for tests and benchmarks.
 
@@ -478,74 +472,50 @@ class ReferenceLabeller:
       structure's ``info["material"]``, else chosen from its elements.
     - ``min_dist``: overlap threshold, Å (default 0.7).
 
-    Fault-injection hooks for the loop's tests (removed from ``settings``, so they
-    do not change label keys; a rerun without them labels the same keys):
-
-    - ``fail_on``: list of structure hashes (or ``"*"`` for all) to fail on; also
-      from the env var ``MOIRE_AL_REFERENCE_FAIL_ON`` (comma-separated);
-    - ``fail_mode``: ``"failure"`` (default: return a :class:`LabelFailure` with
-      ``error_type="InjectedFault"``) or ``"raise"`` (raise :class:`LabelError`,
-      like a crashing worker);
-    - ``sleep``: seconds to sleep before labelling (also env
-      ``MOIRE_AL_REFERENCE_SLEEP``), so a worker can be killed mid-label.
-
     No D3 is added: ``d3_included`` is False (KC/ILP already hold the interlayer
     binding).
     """
 
     name = "reference"
     code = "lammps"
+    d3_included = False
+    SETTINGS = ("material", "min_dist")
 
     def __init__(self, settings: dict | None = None):
         settings = dict(settings or {})
-        self.fail_on = settings.pop("fail_on", None)
-        self.fail_mode = settings.pop("fail_mode", "failure")
-        self.sleep = float(settings.pop("sleep", 0.0) or 0.0)
-        unknown = set(settings) - {"material", "min_dist"}
+        unknown = set(settings) - set(self.SETTINGS)
         if unknown:
-            raise SettingsError(f"reference labeller: unknown setting(s) {sorted(unknown)}")
-        if self.fail_mode not in ("failure", "raise"):
-            raise SettingsError("fail_mode must be 'failure' or 'raise'")
+            raise SettingsError(f"{self.name} labeller: unknown setting(s) {sorted(unknown)}")
         self.settings = settings
         self._calcs: dict = {}
-
-    def _fail_set(self) -> set:
-        out = set()
-        if self.fail_on:
-            out |= {self.fail_on} if isinstance(self.fail_on, str) else set(self.fail_on)
-        env = os.environ.get(FAIL_ON_ENV, "")
-        out |= {h.strip() for h in env.split(",") if h.strip()}
-        return out
 
     def _calc(self, material):
         if material not in self._calcs:
             self._calcs[material] = ReferencePotential(material=material)
         return self._calcs[material]
 
-    def label(self, atoms, workdir=None):
-        import time
+    def check(self, atoms) -> PotentialSpec:
+        """The potential for ``atoms``; :class:`StructureError` for input it cannot label."""
+        from moire_al.labelling.base import check_structure, structure_name
 
-        from moire_al import conventions as conv
-        from moire_al.labelling.base import (
-            check_structure, failure_from_exception, record_from_results, structure_name,
-        )
-
-        t0 = time.perf_counter()
         material = self.settings.get("material") or atoms.info.get("material") or None
         spec = potential_for(material, atoms.get_chemical_symbols())  # StructureError
         check_structure(atoms, structure_name(atoms), self.settings.get("min_dist", 0.7),
                         elements=spec.elements)
-        sleep = self.sleep or float(os.environ.get(SLEEP_ENV, "0") or 0)
-        if sleep > 0:
-            time.sleep(sleep)
-        h = conv.structure_hash(atoms)
-        fail = self._fail_set()
-        if h in fail or "*" in fail:
-            exc = InjectedFault(f"injected fault for structure {h}")
-            if self.fail_mode == "raise":
-                raise LabelError(str(exc))
-            return failure_from_exception(atoms, self, exc, wall_time=time.perf_counter() - t0,
-                                          workdir=workdir)
+        return spec
+
+    def label(self, atoms, workdir=None):
+        import time
+
+        t0 = time.perf_counter()
+        return self.compute(atoms, self.check(atoms), workdir, t0)
+
+    def compute(self, atoms, spec: PotentialSpec, workdir, t0: float):
+        """The label of a checked structure (a LAMMPS fault: a :class:`LabelFailure`)."""
+        import time
+
+        from moire_al.labelling.base import failure_from_exception, record_from_results
+
         work = atoms.copy()
         work.calc = self._calc(spec.material)
         try:
@@ -561,7 +531,3 @@ class ReferenceLabeller:
             d3_included=False, wall_time=time.perf_counter() - t0, converged=True,
             corrections=[], workdir=workdir,
         )
-
-
-class InjectedFault(LabelError):
-    """A failure asked for by the ``fail_on`` test hook."""

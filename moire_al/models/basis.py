@@ -36,13 +36,14 @@ def _enable_compilation_cache() -> None:
     """Persist XLA executables across processes (compiling the basis kernels costs
     tens of seconds; every refit of the loop reuses them). ``$MOIRE_AL_JAX_CACHE``
     overrides the location; ``none`` disables."""
-    loc = os.environ.get("MOIRE_AL_JAX_CACHE")
+    from moire_al.config import environment
+
+    env = environment()
+    loc = env.jax_cache
     if loc and loc.lower() == "none":
         return
     if not loc:
-        from moire_al.config import data_dir
-
-        loc = str(data_dir() / "jax-cache")
+        loc = str(env.data / "jax-cache")
     try:
         Path(loc).mkdir(parents=True, exist_ok=True)
         jax.config.update("jax_compilation_cache_dir", loc)

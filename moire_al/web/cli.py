@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import os
 
-PASSWORD_ENV = "MOIRE_AL_WEBGUI_PASSWORD"
+PASSWORD_ENV = "MOIRE_AL_WEBGUI_PASSWORD"  # read by moire_al.config.Environment
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,8 +32,10 @@ def webgui_auth(args) -> tuple[str | None, str | None]:
                 password = fh.readline().rstrip("\n")
         except OSError as exc:
             raise MoireALError(f"--password-file {args.password_file}: {exc.strerror or exc}") from None
-    elif os.environ.get(PASSWORD_ENV):
-        password = os.environ[PASSWORD_ENV]
+    else:
+        from moire_al.config import environment
+
+        password = environment().webgui_password
     if bool(args.username) != bool(password):
         raise MoireALError(f"give --username and a password (${PASSWORD_ENV} or --password-file), or neither")
     return args.username, password

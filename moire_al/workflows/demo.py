@@ -7,7 +7,6 @@ then prints the per-round table and writes the report (plots, rounds, model).
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ def run_demo(material: str = "graphene", labeller: str = "reference", max_rounds
     from moire_al.workflows.manage import fw_states, status_table, write_report
     from moire_al.workflows.settings import LoopSettings
 
-    if not os.environ.get("MOIRE_AL_DB_URI"):
+    if not config.environment().db_uri:
         info = dbserver.start()
         print(f"job database: {info.uri} (data in {info.path})", flush=True)
     lp = config.get_launchpad()

@@ -80,11 +80,9 @@ def force_errors(model, atoms_list) -> dict:
 def labels_include_d3(settings: LoopSettings) -> bool:
     """Whether the loop's labels hold D3(BJ) (DFT, or replayed DFT): then the model adds
     D3 and fits the rest; the reference potential's interlayer terms already bind."""
-    if settings.labeller == "dataset":
-        from moire_al.labelling import get_labeller
-
-        return get_labeller(settings.labeller, settings.labeller_settings).d3_included
-    return settings.labeller != "reference"
+    labeller = settings.labeller_obj()
+    d3 = getattr(labeller, "d3_included", None)  # the reference potential and replayed labels say
+    return bool(labeller.settings.get("d3", False) if d3 is None else d3)
 
 
 def model_params(settings: LoopSettings) -> dict:

@@ -21,6 +21,13 @@ CRITERIA = ("rel_force_unc", "max_force_std")
 __all__ = ["LoopSettings", "SettingsError", "MATERIALS", "LABELLERS", "CRITERIA"]
 
 
+def loop_labellers() -> tuple:
+    """Labellers a loop can use: the built-in ones that label, and registered ones."""
+    from moire_al.labelling import labeller_names
+
+    return LABELLERS + tuple(n for n in labeller_names() if n not in LABELLERS and n != "vasp-inputs")
+
+
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -51,8 +58,8 @@ class LoopSettings:
 
         if self.material not in MATERIALS:
             bad("material", f"{self.material!r} is not one of {MATERIALS}")
-        if self.labeller not in LABELLERS:
-            bad("labeller", f"{self.labeller!r} is not one of {LABELLERS}")
+        if self.labeller not in loop_labellers():
+            bad("labeller", f"{self.labeller!r} is not one of {loop_labellers()}")
         if self.criterion not in CRITERIA:
             bad("criterion", f"{self.criterion!r} is not one of {CRITERIA}")
         if not isinstance(self.pool, (dict, str)):
