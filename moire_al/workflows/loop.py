@@ -85,6 +85,30 @@ def labels_include_d3(settings: LoopSettings) -> bool:
     return bool(labeller.settings.get("d3", False) if d3 is None else d3)
 
 
+def labels_description(settings: LoopSettings) -> str:
+    """What the loop's labels are, in words for tables and reports (never calls a replayed
+    or classical label DFT run here)."""
+    name = settings.labeller
+    if name == "reference":
+        return "reference potential (KC-full+REBO / ILP+Tersoff in LAMMPS; a classical baseline, not DFT)"
+    if name == "dataset":
+        import os
+
+        import ase.io
+
+        from moire_al.config import resolve_data_path
+
+        path = resolve_data_path(settings.labeller_settings.get("path", ""))
+        try:
+            first = ase.io.read(path, 0, format="extxyz")
+            source = str(first.info.get("REF_labeller", "unknown")).upper()
+        except Exception:  # noqa: BLE001 - a description must not fail a table
+            source = "stored"
+        return f"replayed {source} labels from {os.path.basename(path)} (computed earlier, not in this run)"
+    return {"cp2k": "CP2K PBE+D3(BJ), computed in this run",
+            "gpaw": "GPAW PBE+D3(BJ), computed in this run"}.get(name, name)
+
+
 def model_params(settings: LoopSettings) -> dict:
     """ACEModel hyperparameters of a loop (D3 follows the labels, :func:`labels_include_d3`)."""
     return {"seed": settings.seed, "d3": labels_include_d3(settings), **settings.model}
