@@ -1,7 +1,8 @@
 """Benchmark of moire_al.models on this machine, printed side by side in one run.
 
 1. E+F evaluation of a 1,008-atom bilayer graphene: ACE posterior mean (the C++ kernel
-   of moire_al.models.fast, and ace-jax's JAX evaluator), ACE + committee (our evaluator), D3(BJ), and the KC+REBO LAMMPS baseline;
+   of moire_al.models.fast, and ace-jax's JAX evaluator), ACE + committee (our evaluator), D3(BJ),
+   and the KC+REBO LAMMPS baseline;
    µs/atom (wall) and µs/atom/core (wall × cores used / atoms).
 2. Fit time and peak memory (RSS of a fresh process) vs training-set size.
 3. Committee scoring time for 1,000 candidates.

@@ -234,7 +234,9 @@ class ACEModel:
             E, F, S = targets[k]
             n = len(at)
             PsiE, PsiF, PsiS = b.structure_rows(at, name)
-            pad = lambda M: np.concatenate([M, np.zeros((M.shape[0], NZ))], axis=1)
+            def pad(M):
+                return np.concatenate([M, np.zeros((M.shape[0], NZ))], axis=1)
+
             ws = structure_weights[k]
             wE, wF, wV = (ws * float(self.weights[key]) for key in ("E", "F", "V"))
             rowE = np.concatenate([PsiE, comp[k]])[None, :] / n

@@ -155,7 +155,8 @@ class ACEBasis:
         perm = np.empty(self.L, dtype=np.int64)
         for z in range(self.NZ):
             perm[z * self.D: z * self.D + self.n_B] = z * self.n_B + np.arange(self.n_B)
-            perm[z * self.D + self.n_B: (z + 1) * self.D] = self.NZ * self.n_B + z * self.n_pair + np.arange(self.n_pair)
+            perm[z * self.D + self.n_B: (z + 1) * self.D] = \
+                self.NZ * self.n_B + z * self.n_pair + np.arange(self.n_pair)
         self._perm = perm
         self.gamma = np.asarray(b.gamma, float)[perm]   # algebraic smoothness prior, our layout
 

@@ -43,7 +43,8 @@ LOOP_HIDDEN = {"_id", "loop_id", "material", "state", "created", "params"}
 
 @blueprint.before_request
 def _basic_auth():
-    """The same HTTP basic auth as the FireWorks pages (``--username`` + the password from the environment or a file)."""
+    """The same HTTP basic auth as the FireWorks pages (``--username``; the password from
+    the environment or a file)."""
     user = current_app.config.get("WEBGUI_USERNAME")
     password = current_app.config.get("WEBGUI_PASSWORD")
     if user is None or password is None:

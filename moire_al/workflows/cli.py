@@ -86,7 +86,6 @@ def _read_workflow(path):
 
 
 def _cmd_loop_add(args) -> int:
-    from fireworks import Workflow
 
     from moire_al.config import INTERACTIVE_DB_WAIT_S, get_launchpad
     from moire_al.workflows.builders import hyperactive_loop

@@ -6,7 +6,8 @@ rounds ``<= r``, measure errors on the held-out test split, score the rest of th
 pool with the committee, and select the most uncertain ``batch_size`` for round
 ``r + 1``. Candidates are ranked by the committee's relative force uncertainty
 max_i ‖σ F_i‖ / (‖F̄_i‖ + 0.2 eV/Å) (or by max_i ‖σ F_i‖, ``criterion``); the loop
-stops when the largest max_i ‖σ F_i‖ left in the pool is below the threshold (eV/Å) (``converged``), when the pool is used up (``pool_exhausted``), or after
+stops when the largest max_i ‖σ F_i‖ left in the pool is below the threshold (eV/Å)
+(``converged``), when the pool is used up (``pool_exhausted``), or after
 ``max_rounds`` fits (``max_rounds``).
 """
 
