@@ -33,18 +33,10 @@ def lattice_constant(material: str, a: float | None = None) -> float:
 
 
 def layers_of(atoms) -> np.ndarray:
-    """Layer index per atom: ``arrays["layer"]`` or clustering of z (gap > 1.5 Å)."""
-    if "layer" in atoms.arrays:
-        return np.asarray(atoms.arrays["layer"]).astype(int).ravel()
-    z = atoms.positions[:, 2]
-    order = np.argsort(z)
-    layer = np.empty(len(atoms), dtype=int)
-    cur = 0
-    for k, i in enumerate(order):
-        if k and z[i] - z[order[k - 1]] > 1.5:
-            cur += 1
-        layer[i] = cur
-    return layer
+    """Layer index per atom (:func:`moire_al.geometry.find_layers`)."""
+    from moire_al.geometry import find_layers
+
+    return find_layers(atoms)
 
 
 def calc_label(calc, calc_name: str | None = None) -> str:

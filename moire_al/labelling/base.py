@@ -86,7 +86,9 @@ class LabelRecord:
         if self.stress is not None:
             s = _finite_array("stress", self.stress)
             if s.shape == (3, 3):
-                s = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
+                from ase.stress import full_3x3_to_voigt_6_stress
+
+                s = full_3x3_to_voigt_6_stress(s)
             if s.shape != (6,):
                 raise LabelError(f"stress has shape {s.shape}, expected (6,) Voigt")
             self.stress = s
@@ -183,7 +185,7 @@ def check_structure(atoms, name: str = "", min_dist: float = 0.7, elements=None)
     Checks: non-empty, finite positions, a 3-D periodic cell of non-zero volume,
     no two atoms closer than ``min_dist`` Å, species within ``elements``.
     """
-    from moire_al.labelling.reference import check_overlaps
+    from moire_al.geometry import check_overlaps
 
     where = f"structure {name}: " if name else "structure: "
     if len(atoms) == 0:

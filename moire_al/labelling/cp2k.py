@@ -26,6 +26,7 @@ import subprocess
 
 import numpy as np
 from ase import units
+from ase.stress import full_3x3_to_voigt_6_stress
 
 from moire_al.errors import LabelError, SettingsError, StructureError
 from moire_al.labelling.base import check_structure, structure_name
@@ -294,5 +295,5 @@ def parse_cp2k(workdir, atoms):
         raise LabelError("cannot parse the CP2K stress tensor")
     s3 = np.array([finite_floats(r[1:], "stress") for r in st])
     s3 = -s3 * units.GPa  # CP2K: positive = compressive; ASE: positive = tensile
-    stress = np.array([s3[0, 0], s3[1, 1], s3[2, 2], s3[1, 2], s3[0, 2], s3[0, 1]])
+    stress = full_3x3_to_voigt_6_stress(s3)
     return energy, forces, stress

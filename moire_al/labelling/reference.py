@@ -33,15 +33,14 @@ from dataclasses import dataclass
 
 import numpy as np
 from ase import units
+from ase.stress import full_3x3_to_voigt_6_stress, voigt_6_to_full_3x3_stress
 from ase.calculators.calculator import Calculator, all_changes
 
 from moire_al.errors import LabelError, SettingsError, StructureError
+from moire_al.geometry import LAYER_Z_GAP, check_overlaps, find_layers, vacuum_shift  # noqa: F401
 
 # A z gap at least this wide (Å) counts as vacuum: z is then non-periodic.
 VACUUM_GAP = 6.0
-# Atoms in one layer are within this z distance (Å) of a neighbour in the layer
-# when layers are found by clustering z.
-LAYER_Z_GAP = 1.5
 INTERLAYER_CUTOFF = 16.0  # Å, the published cut-off of KC-full and ILP (tapered)
 
 MASSES = {"B": 10.811, "C": 12.011, "N": 14.0067, "H": 1.008}
@@ -173,45 +172,6 @@ def lammps_version() -> str:
 
 
 # ---------------------------------------------------------------- geometry
-def find_layers(atoms, z_gap: float = LAYER_Z_GAP) -> np.ndarray:
-    """Layer index per atom (0 = bottom): ``arrays["layer"]`` or z clustering."""
-    if "layer" in atoms.arrays:
-        layer = np.asarray(atoms.arrays["layer"]).astype(int).ravel()
-        if layer.shape != (len(atoms),) or (layer < 0).any():
-            raise StructureError("arrays['layer'] must be one non-negative int per atom")
-        return layer
-    z = _unwrapped_z(atoms)
-    order = np.argsort(z)
-    layer = np.empty(len(atoms), dtype=int)
-    current = 0
-    for k, i in enumerate(order):
-        if k and z[i] - z[order[k - 1]] > z_gap:
-            current += 1
-        layer[i] = current
-    return layer
-
-
-def _vacuum_shift(frac_z: np.ndarray, cz: float) -> tuple[float, float]:
-    """(shift in fractional z that puts the widest gap at the cell boundary, gap Å)."""
-    fz = np.sort(np.mod(frac_z, 1.0))
-    if len(fz) == 0:
-        return 0.0, cz
-    gaps = np.diff(np.concatenate([fz, [fz[0] + 1.0]]))
-    k = int(np.argmax(gaps))
-    start = fz[(k + 1) % len(fz)]  # first atom after the widest gap
-    return -start + 0.5 * gaps[k], gaps[k] * cz
-
-
-def _unwrapped_z(atoms) -> np.ndarray:
-    cell = atoms.cell.array
-    if atoms.pbc[2] and abs(np.linalg.det(cell)) > 1e-9:
-        frac = np.linalg.solve(cell.T, atoms.positions.T).T
-        shift, _ = _vacuum_shift(frac[:, 2], np.linalg.norm(cell[2]))
-        fz = np.mod(frac[:, 2] + shift, 1.0)
-        return fz * abs(np.linalg.det(cell)) / np.linalg.norm(np.cross(cell[0], cell[1]))
-    return atoms.positions[:, 2].copy()
-
-
 @dataclass
 class LammpsBox:
     """A cell in LAMMPS' lower-triangular form and the map to it."""
@@ -253,7 +213,7 @@ def lammps_box(atoms) -> LammpsBox:
     frac = np.linalg.solve(cell.T, atoms.positions.T).T
     z_open = False
     if abs(cx) < 1e-8 and abs(cy) < 1e-8:
-        shift, gap = _vacuum_shift(frac[:, 2], cz)
+        shift, gap = vacuum_shift(frac[:, 2], cz)
         if gap >= VACUUM_GAP:
             z_open = True
             frac[:, 2] += shift
@@ -261,20 +221,6 @@ def lammps_box(atoms) -> LammpsBox:
     frac[frac >= 1.0 - 1e-12] = 0.0
     pos = frac @ lower
     return LammpsBox(la, by, cz, bx, cx, cy, rot, pos, z_open)
-
-
-def check_overlaps(atoms, min_dist: float = 0.7) -> None:
-    """Raise :class:`StructureError` if two atoms are closer than ``min_dist`` Å."""
-    from ase.neighborlist import neighbor_list
-
-    if len(atoms) < 2:
-        return
-    i, j, d = neighbor_list("ijd", atoms, min_dist)
-    if len(d):
-        k = int(np.argmin(d))
-        raise StructureError(
-            f"atoms {i[k]} and {j[k]} overlap ({d[k]:.3f} Å < {min_dist} Å)"
-        )
 
 
 # ---------------------------------------------------------------- calculator
@@ -432,14 +378,8 @@ class ReferencePotential(Calculator):
         forces[ids - 1] = f_lmp @ box.rotation.T
         p = np.array([lmp.get_thermo(k) for k in ("pxx", "pyy", "pzz", "pyz", "pxz", "pxy")])
         sig_lmp = -p * units.bar  # ASE sign: stress = -pressure
-        s = np.array([
-            [sig_lmp[0], sig_lmp[5], sig_lmp[4]],
-            [sig_lmp[5], sig_lmp[1], sig_lmp[3]],
-            [sig_lmp[4], sig_lmp[3], sig_lmp[2]],
-        ])
-        s_ase = box.rotation @ s @ box.rotation.T
-        stress = np.array([s_ase[0, 0], s_ase[1, 1], s_ase[2, 2],
-                           s_ase[1, 2], s_ase[0, 2], s_ase[0, 1]])
+        s_ase = box.rotation @ voigt_6_to_full_3x3_stress(sig_lmp) @ box.rotation.T
+        stress = full_3x3_to_voigt_6_stress(s_ase)
         if not (np.isfinite(energy) and np.isfinite(forces).all() and np.isfinite(stress).all()):
             raise LabelError("reference potential returned non-finite energy/forces/stress")
         self.results = {

@@ -19,7 +19,7 @@ def validate_structure(atoms, name: str = "", allowed=ALLOWED_SPECIES, min_dista
     3D cell of positive volume (DFT codes need one), and no two atoms (periodic
     images included) closer than ``min_distance`` Å.
     """
-    from ase.neighborlist import neighbor_list
+    from moire_al.geometry import check_overlaps
 
     label = f"{name}: " if name else ""
     if len(atoms) == 0:
@@ -35,11 +35,10 @@ def validate_structure(atoms, name: str = "", allowed=ALLOWED_SPECIES, min_dista
     if not np.all(np.isfinite(cell)) or abs(np.linalg.det(cell)) < 1e-6:
         raise StructureError(f"{label}missing or degenerate cell (need three lattice vectors with non-zero volume)")
     _check_labels(atoms, label)
-    i, j, d = neighbor_list("ijd", atoms, min_distance, self_interaction=False)
-    if len(d):
-        k = int(np.argmin(d))
-        raise StructureError(
-            f"{label}atoms {min(i[k], j[k])} and {max(i[k], j[k])} overlap: {d[k]:.3f} Å apart (< {min_distance} Å)")
+    try:
+        check_overlaps(atoms, min_distance)
+    except StructureError as exc:
+        raise StructureError(f"{label}{exc}") from None
 
 
 def _check_labels(atoms, label: str) -> None:
