@@ -116,16 +116,7 @@ class LabelRecord:
             raise LabelError(
                 f"label {self.key} has {len(self.forces)} forces, structure has {len(atoms)} atoms"
             )
-        out = atoms.copy()
-        out.calc = None
-        out.info[conv.REF_ENERGY] = self.energy
-        out.arrays[conv.REF_FORCES] = self.forces.copy()
-        if self.stress is not None:
-            out.info[conv.REF_STRESS] = self.stress.copy()
-        else:
-            out.info.pop(conv.REF_STRESS, None)
-        out.info[conv.REF_D3] = self.d3_included
-        out.info[conv.REF_LABELLER] = self.labeller
+        out = conv.put_label(atoms, self.energy, self.forces, self.stress, self.d3_included, self.labeller)
         out.info["label_key"] = self.key
         out.info["label_wall_s"] = round(float(self.wall_time), 2)
         out.info["label_code_version"] = f"{self.code} {self.code_version}"

@@ -449,21 +449,17 @@ def parse_results(workdir, atoms):
     return float(energy), forces, stress, str(res.get("gpaw_version", "unknown"))
 
 
-def d3_calculator(xc="PBE"):
-    from dftd3.ase import DFTD3
-
-    return DFTD3(method=xc, damping="d3bj")
-
-
 def add_d3(atoms, energy, forces, stress, xc, workdir=None):
-    """GPAW + D3(BJ) (dftd3 package): energy, forces and, when given, stress."""
-    from ase import Atoms
+    """GPAW + D3(BJ) (:func:`moire_al.models.d3.d3_results`, the dftd3 package): energy,
+    forces and, when given, stress."""
+    from moire_al.errors import ModelError
+    from moire_al.models.d3 import d3_results
 
-    at = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-    at.calc = d3_calculator(xc)
-    e_d3 = float(at.get_potential_energy())
-    f_d3 = at.get_forces()
-    s_d3 = at.get_stress(voigt=True) if stress is not None else None
+    try:
+        e_d3, f_d3, s_d3 = d3_results(atoms, method=xc)
+    except ModelError as exc:
+        raise LabelError(str(exc)) from None
+    s_d3 = s_d3 if stress is not None else None
     if workdir is not None:
         with open(os.path.join(workdir, D3_FILE), "w") as fh:
             json.dump({"energy_dft": energy, "energy_d3": e_d3, "forces_d3": f_d3.tolist(),

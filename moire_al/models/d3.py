@@ -41,8 +41,10 @@ def check_d3() -> None:
                          "install the 'dftd3' package or build the model with d3=False") from exc
 
 
-def d3_results(atoms, name: str = ""):
-    """(energy, forces (N, 3), stress (6,) or None) of D3(BJ)-PBE for ``atoms``."""
+def d3_results(atoms, name: str = "", method: str = "pbe"):
+    """(energy, forces (N, 3), stress (6,) or None) of two-body D3(BJ) for ``atoms``, with
+    the damping parameters of the functional ``method`` (PBE for the model; the GPAW
+    labeller passes its xc). The one D3 implementation of moire-al."""
     try:
         from dftd3.interface import DispersionModel, RationalDampingParam
     except Exception as exc:
@@ -59,7 +61,7 @@ def d3_results(atoms, name: str = ""):
             lattice=np.asarray(atoms.cell.array) / Bohr if periodic else None,
             periodic=pbc if periodic else None,
         )
-        res = disp.get_dispersion(RationalDampingParam(method="pbe", atm=False), grad=True)
+        res = disp.get_dispersion(RationalDampingParam(method=str(method).lower(), atm=False), grad=True)
     except Exception as exc:
         raise ModelError(f"structure {name or '?'}: D3(BJ) evaluation failed: {exc}") from exc
     energy = float(res["energy"]) * Hartree
@@ -68,5 +70,7 @@ def d3_results(atoms, name: str = ""):
     if pbc.all() and atoms.cell.rank == 3:
         vol = abs(np.linalg.det(atoms.cell.array))
         sig = np.asarray(res["virial"]) * Hartree / vol    # dE/dε, eV; ASE stress = (1/V) dE/dε
-        stress = np.array([sig[0, 0], sig[1, 1], sig[2, 2], sig[1, 2], sig[0, 2], sig[0, 1]])
+        from ase.stress import full_3x3_to_voigt_6_stress
+
+        stress = full_3x3_to_voigt_6_stress(sig)
     return energy, forces, stress

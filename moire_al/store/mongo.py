@@ -23,7 +23,7 @@ from typing import Iterable
 import numpy as np
 from ase import Atoms
 
-from moire_al.conventions import REF_D3, REF_ENERGY, REF_FORCES, REF_LABELLER, REF_STRESS, structure_hash
+from moire_al.conventions import structure_hash
 from moire_al.errors import DatabaseError, LabelError, NotFoundError
 from moire_al.conventions import plain as _jsonable
 
@@ -111,18 +111,11 @@ def doc_to_atoms(doc: dict) -> Atoms:
 
 
 def apply_label(atoms: Atoms, label: dict) -> Atoms:
-    """A copy of ``atoms`` with the REF_ keys of a stored label record."""
-    forces = np.asarray(label["forces"], dtype=float)
-    if forces.shape != (len(atoms), 3) or not np.all(np.isfinite(forces)):
-        raise LabelError(f"label {label.get('key')} has forces of shape {forces.shape} or non-finite values")
-    out = atoms.copy()
-    out.info[REF_ENERGY] = float(label["energy"])
-    out.arrays[REF_FORCES] = forces
-    if label.get("stress") is not None:
-        out.info[REF_STRESS] = np.asarray(label["stress"], dtype=float)
-    out.info[REF_D3] = bool(label.get("d3_included", False))
-    out.info[REF_LABELLER] = label.get("labeller", "")
-    return out
+    """A copy of ``atoms`` with the REF_ keys of a stored label record
+    (:meth:`moire_al.labelling.LabelRecord.apply_to`, which checks it)."""
+    from moire_al.labelling.base import LabelRecord
+
+    return LabelRecord.from_dict(label).apply_to(atoms)
 
 
 class Store:
