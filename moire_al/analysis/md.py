@@ -630,32 +630,18 @@ def md_analysis(atoms, calc, calc_name: str | None = None, temperature: float = 
     return jsonable(res)
 
 
-def md_temperatures(atoms, calc, temperatures, calc_name: str | None = None, outdir: str | None = None,
-                    **options) -> dict:
-    """:func:`md_analysis` at each temperature (own sub-directory ``T_<T>K``), D(T)
-    and its Arrhenius fit (in-plane D of all atoms), the VACFs on one semi-log plot.
-    Result keys: ``analysis`` ("md_temperatures"), ``calc_name``, ``points`` (per T:
-    temperature_K, stable, stop_step, D_inplane, D_inplane_error, D_outofplane,
-    D_outofplane_error, kappa_inplane, ...), ``arrhenius``, ``runs`` (each run's
-    result), ``plots``."""
-    import os
-
+def temperature_series(results) -> dict:
+    """``points`` (per :func:`md_analysis` result, by temperature: temperature_K, stable,
+    stop_step, reason, D_inplane(_error), D_outofplane(_error), kappa_inplane(_error),
+    kappa_cross_plane(_error) where present), the ``arrhenius`` fit of the in-plane D,
+    and ``stable`` (all runs)."""
     from moire_al.analysis import dynamics
-    from moire_al.analysis.common import jsonable
 
-    name = calc_label(calc, calc_name)
-    runs, points = {}, []
-    for T in temperatures:
-        sub = os.path.join(outdir, f"T_{float(T):g}K") if outdir else None
-        r = md_analysis(atoms, calc, name, temperature=float(T), outdir=sub, **options)
-        if sub:
-            from moire_al.analysis.common import write_json
-
-            write_json(r, os.path.join(sub, "md.json"))
-        runs[f"{float(T):g}"] = r
-        p = {"temperature_K": float(T), "stable": r["stable"], "stop_step": r["stop_step"],
-             "reason": r["reason"]}
-        if r["diffusion"]:
+    points = []
+    for r in sorted(results, key=lambda r: r["settings"]["temperature_K"]):
+        p = {"temperature_K": float(r["settings"]["temperature_K"]), "stable": r["stable"],
+             "stop_step": r["stop_step"], "reason": r["reason"]}
+        if r.get("diffusion"):
             D = r["diffusion"]["D"]["all"]
             p.update(D_inplane=D["inplane"]["value"], D_inplane_error=D["inplane"]["error"],
                      D_outofplane=D["outofplane"]["value"], D_outofplane_error=D["outofplane"]["error"])
@@ -668,8 +654,34 @@ def md_temperatures(atoms, calc, temperatures, calc_name: str | None = None, out
     ok = [p for p in points if "D_inplane" in p]
     arr = dynamics.arrhenius([p["temperature_K"] for p in ok], [p["D_inplane"] for p in ok],
                              [p["D_inplane_error"] for p in ok])
-    res = {"analysis": "md_temperatures", "calc_name": name, "points": points, "arrhenius": arr,
-           "stable": all(p["stable"] for p in points), "runs": runs, "plots": {}}
+    return {"points": points, "arrhenius": arr, "stable": all(p["stable"] for p in points)}
+
+
+def md_temperatures(atoms, calc, temperatures, calc_name: str | None = None, outdir: str | None = None,
+                    **options) -> dict:
+    """:func:`md_analysis` at each temperature (own sub-directory ``T_<T>K``), D(T)
+    and its Arrhenius fit (in-plane D of all atoms), the VACFs on one semi-log plot.
+    Result keys: ``analysis`` ("md_temperatures"), ``calc_name``, ``points`` (per T:
+    temperature_K, stable, stop_step, D_inplane, D_inplane_error, D_outofplane,
+    D_outofplane_error, kappa_inplane, ...), ``arrhenius``, ``runs`` (each run's
+    result), ``plots``."""
+    import os
+
+    from moire_al.analysis.common import jsonable
+
+    name = calc_label(calc, calc_name)
+    runs = {}
+    for T in temperatures:
+        sub = os.path.join(outdir, f"T_{float(T):g}K") if outdir else None
+        r = md_analysis(atoms, calc, name, temperature=float(T), outdir=sub, **options)
+        if sub:
+            from moire_al.analysis.common import write_json
+
+            write_json(r, os.path.join(sub, "md.json"))
+        runs[f"{float(T):g}"] = r
+    res = {"analysis": "md_temperatures", "calc_name": name, **temperature_series(runs.values()),
+           "runs": runs, "plots": {}}
+    points, arr = res["points"], res["arrhenius"]
     if outdir:
         from moire_al.analysis import plots
 

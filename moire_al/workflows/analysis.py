@@ -136,26 +136,14 @@ class MDSummaryTask(FiretaskBase):
     optional_params = ["model_id"]
 
     def run_task(self, fw_spec):
-        from moire_al.analysis.dynamics import arrhenius
+        from moire_al.analysis.md import temperature_series
 
         store = _store(self)
-        docs = sorted(store.db["analyses"].find({"analysis": "md", "series": self["series"]}, {"_id": 0}),
-                      key=lambda d: d["temperature_K"])
-        points = []
-        for d in docs:
-            r = d["result"]
-            p = {"temperature_K": d["temperature_K"], "stable": r["stable"], "stop_step": r.get("stop_step")}
-            if r.get("diffusion"):
-                D = r["diffusion"]["D"]["all"]
-                p.update(D_inplane=D["inplane"]["value"], D_inplane_error=D["inplane"]["error"],
-                         D_outofplane=D["outofplane"]["value"], D_outofplane_error=D["outofplane"]["error"])
-            points.append(p)
-        ok = [p for p in points if "D_inplane" in p]
-        fit = arrhenius([p["temperature_K"] for p in ok], [p["D_inplane"] for p in ok],
-                        [p["D_inplane_error"] for p in ok])
+        docs = store.db["analyses"].find({"analysis": "md", "series": self["series"]}, {"_id": 0, "result": 1})
+        series = temperature_series([d["result"] for d in docs])
+        points = series["points"]
         doc = {"model_id": self.get("model_id") or "reference", "analysis": "md_temperatures",
-               "series": self["series"], "result": {"points": points, "arrhenius": fit,
-                                                    "stable": all(p["stable"] for p in points)},
+               "series": self["series"], "result": series,
                "error": None, "created": utcnow(), "fw_id": getattr(self, "fw_id", None)}
         store.db["analyses"].insert_one(plain(doc))
         return FWAction(stored_data={"analysis": "md_temperatures", "n_points": len(points)})
