@@ -5,7 +5,7 @@ from fireworks import FWorker
 from fireworks.core.rocket_launcher import rapidfire
 
 from moire_al.store.mongo import Store
-from moire_al.workflows.analysis import analysis_workflow
+from moire_al.workflows.builders import analysis_workflow
 
 
 def test_analysis_firework_stores_result_with_model_id(launchpad, tmp_path, monkeypatch):
@@ -39,7 +39,7 @@ def test_md_fireworks_store_results_and_the_temperature_series(launchpad, tmp_pa
 
     from moire_al import structures
     from moire_al.errors import MoireALError
-    from moire_al.workflows.analysis import md_workflow
+    from moire_al.workflows.builders import md_workflow
 
     monkeypatch.chdir(tmp_path)
     store = Store.from_launchpad(launchpad)

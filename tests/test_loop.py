@@ -126,23 +126,23 @@ def test_loop_runs_rounds_and_labels_each_structure_once(launchpad, tmp_path, mo
     run_all(launchpad)
     store = Store.from_launchpad(launchpad)
     rounds = store.get_rounds("L")
-    assert [r["round"] for r in rounds] == [0, 1, 2]
-    assert [r["n_train"] for r in rounds] == [4, 7, 10]
+    assert [r.round for r in rounds] == [0, 1, 2]
+    assert [r.n_train for r in rounds] == [4, 7, 10]
     for r in rounds:
-        assert r["n_failed"] == 0 and r["n_test"] == 3
-        assert 0 < r["rmse"]["F"] < 5 and r["rmse"]["E_meV_atom"] >= 0
-        assert r["max_sigma_f"] >= r["median_sigma_f"] > 0
-        assert len(r["sigma_f"]) == r["n_pool"]
-        assert len(r["parity"]["F_ref"]) == len(r["parity"]["F_pred"]) > 0
+        assert r.n_failed == 0 and r.n_test == 3
+        assert 0 < r.rmse["F"] < 5 and r.rmse["E_meV_atom"] >= 0
+        assert r.max_sigma_f >= r.median_sigma_f > 0
+        assert len(r.sigma_f) == r.n_pool
+        assert len(r.parity["F_ref"]) == len(r.parity["F_pred"]) > 0
     # The batch chosen in round r is what round r+1 trained on, and it was the most uncertain.
-    assert len(rounds[0]["selected"]) == 3 and rounds[-1]["selected"] == []
-    assert rounds[-1]["stop_reason"] == "max_rounds" and rounds[-1]["n_pool"] > 0
+    assert len(rounds[0].selected) == 3 and rounds[-1].selected == []
+    assert rounds[-1].stop_reason == "max_rounds" and rounds[-1].n_pool > 0
     # The batch is the top of the relative-uncertainty ranking; the stopping quantity
     # (max force std, eV/Å) is what sigma_f holds.
     r0 = rounds[0]
-    pool0 = sorted(zip(r0["rel_unc"], range(len(r0["rel_unc"]))), reverse=True)
+    pool0 = sorted(zip(r0.rel_unc, range(len(r0.rel_unc))), reverse=True)
     assert min(u for u, _ in pool0[:3]) >= max((u for u, _ in pool0[3:]), default=0)
-    assert r0["max_sigma_f"] == max(r0["sigma_f"]) and len(r0["rel_unc"]) == r0["n_pool"]
+    assert r0.max_sigma_f == max(r0.sigma_f) and len(r0.rel_unc) == r0.n_pool
     assert store.loops.find_one({"loop_id": "L"})["state"] == "COMPLETED"
     members = assert_labelled_once(store)
     assert all(m["label_runs"] == 1 for m in members)
@@ -152,7 +152,7 @@ def test_loop_runs_rounds_and_labels_each_structure_once(launchpad, tmp_path, mo
     # Models of every round are in GridFS and load in this process.
     from moire_al.models import ACEModel
 
-    model = ACEModel.load(store.get_model_dir(rounds[-1]["model_id"], tmp_path / "m"))
+    model = ACEModel.load(store.get_model_dir(rounds[-1].model_id, tmp_path / "m"))
     assert model.score(store.get_structures(store.member_hashes("L", role="test"))).shape == (3,)
 
 
@@ -161,8 +161,8 @@ def test_stops_when_pool_is_used_up(launchpad, tmp_path, monkeypatch):
     add_loop(launchpad, tiny_settings(batch_size=50, max_rounds=5))
     run_all(launchpad)
     rounds = Store.from_launchpad(launchpad).get_rounds("L")
-    assert [r["stop_reason"] for r in rounds] == [None, "pool_exhausted"]
-    assert rounds[1]["n_pool"] == 0 and not rounds[1]["converged"]
+    assert [r.stop_reason for r in rounds] == [None, "pool_exhausted"]
+    assert rounds[1].n_pool == 0 and not rounds[1].converged
 
 
 def test_converges_when_threshold_reached(launchpad, tmp_path, monkeypatch):
@@ -170,7 +170,7 @@ def test_converges_when_threshold_reached(launchpad, tmp_path, monkeypatch):
     add_loop(launchpad, tiny_settings(threshold=1e6, max_rounds=5))
     run_all(launchpad)
     rounds = Store.from_launchpad(launchpad).get_rounds("L")
-    assert len(rounds) == 1 and rounds[0]["converged"] and rounds[0]["stop_reason"] == "converged"
+    assert len(rounds) == 1 and rounds[0].converged and rounds[0].stop_reason == "converged"
 
 
 def test_failed_label_fizzles_alone_and_resume_lands_it_once(launchpad, tmp_path, monkeypatch):
@@ -185,8 +185,8 @@ def test_failed_label_fizzles_alone_and_resume_lands_it_once(launchpad, tmp_path
     assert len(fizzled) == 1
     assert launchpad.get_fw_by_id(fizzled[0]).spec["_tasks"][0]["hashes"] == [victim]
     rounds = store.get_rounds("L")
-    assert [r["n_failed"] for r in rounds] == [1, 1] and rounds[0]["n_train"] == 3
-    assert len(rounds[0]["failed_keys"]) == 1 and rounds[0]["failed_keys"][0].startswith(victim)
+    assert [r.n_failed for r in rounds] == [1, 1] and rounds[0].n_train == 3
+    assert len(rounds[0].failed_keys) == 1 and rounds[0].failed_keys[0].startswith(victim)
     assert store.loops.find_one({"loop_id": "L"})["state"] == "COMPLETED"
     n_completed = launchpad.get_fw_ids({"state": "COMPLETED"}, count_only=True)
 
@@ -201,10 +201,10 @@ def test_failed_label_fizzles_alone_and_resume_lands_it_once(launchpad, tmp_path
     runs = {m["hash"]: m["label_runs"] for m in members}
     assert runs[victim] == 2 and all(v == 1 for h, v in runs.items() if h != victim)
     final = store.get_rounds("L")[-1]
-    assert final["round"] == 2 and final["n_failed"] == 0
-    assert final["n_train"] == rounds[-1]["n_train"] + 1  # the refit picked the label up
-    assert final["n_new"] == 1  # ... and counts it as new
-    assert store.failures.find_one({"key": rounds[0]["failed_keys"][0]})["resolved"] is True
+    assert final.round == 2 and final.n_failed == 0
+    assert final.n_train == rounds[-1].n_train + 1  # the refit picked the label up
+    assert final.n_new == 1  # ... and counts it as new
+    assert store.failures.find_one({"key": rounds[0].failed_keys[0]})["resolved"] is True
 
 
 def test_worker_killed_mid_label_is_recovered_without_duplicates(launchpad, launchpad_file, tmp_path,
@@ -234,19 +234,19 @@ def test_worker_killed_mid_label_is_recovered_without_duplicates(launchpad, laun
     store = Store.from_launchpad(launchpad)
     assert {d["state"] for d in launchpad.fireworks.find({})} == {"COMPLETED"}
     assert_labelled_once(store)
-    assert store.get_rounds("L")[-1]["n_train"] == 4
+    assert store.get_rounds("L")[-1].n_train == 4
 
 
 def test_loop_continues_after_database_restart(launchpad, db_server, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     add_loop(launchpad, tiny_settings(max_rounds=2))
     store = Store.from_launchpad(launchpad)
-    while not store.get_rounds("L") or "n_train" not in store.get_rounds("L")[0]:
+    while not store.get_rounds("L") or not store.get_rounds("L")[0].finished_fit:
         assert launch_rocket(launchpad, WORKER)
     db_server.restart()
     run_all(launchpad)
     rounds = store.get_rounds("L")
-    assert [r["round"] for r in rounds] == [0, 1] and rounds[-1]["stop_reason"] == "max_rounds"
+    assert [r.round for r in rounds] == [0, 1] and rounds[-1].stop_reason == "max_rounds"
     assert_labelled_once(store)
 
 
@@ -290,8 +290,8 @@ def test_resume_after_whole_round_failed_refits_and_finishes(launchpad, tmp_path
     assert {d["state"] for d in launchpad.fireworks.find({})} == {"COMPLETED"}
     assert [d["state"] for d in fit_fws(launchpad)] == ["COMPLETED"]
     rounds = store.get_rounds("L")
-    assert [r["round"] for r in rounds] == [0] and rounds[0]["n_train"] == 4
-    assert rounds[0]["n_failed"] == 0 and rounds[0]["n_new"] == 4 + 3
+    assert [r.round for r in rounds] == [0] and rounds[0].n_train == 4
+    assert rounds[0].n_failed == 0 and rounds[0].n_new == 4 + 3
     assert store.loops.find_one({"loop_id": "L"})["state"] == "COMPLETED"
     assert_labelled_once(store)
 
@@ -426,8 +426,8 @@ def test_loop_on_replayed_dft_labels(launchpad, tmp_path, monkeypatch):
     run_all(launchpad)
     store = Store.from_launchpad(launchpad)
     rounds = store.get_rounds("L")
-    assert [r["n_train"] for r in rounds] == [4, 7]
-    assert all(0 < r["rmse"]["F"] < 5 for r in rounds)
+    assert [r.n_train for r in rounds] == [4, 7]
+    assert all(0 < r.rmse["F"] < 5 for r in rounds)
     hashes = [conv.structure_hash(a) for a in images]
     assert set(store.member_hashes("L", role="test")) == set(fixed_test_split(hashes, 3))
     by_hash = {conv.structure_hash(a): a for a in images}

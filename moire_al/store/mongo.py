@@ -24,10 +24,18 @@ import numpy as np
 from ase import Atoms
 
 from moire_al.conventions import structure_hash
+from moire_al.store.documents import LoopDoc, RoundDoc
 from moire_al.errors import DatabaseError, LabelError, NotFoundError
 from moire_al.conventions import plain as _jsonable
 
 MODEL_BUCKET = "model_files"
+
+
+def _loop_query(loop_id):
+    """A loop id; one that is a number also matches a loop stored with an int id."""
+    if isinstance(loop_id, str) and loop_id.lstrip("-").isdigit():
+        return {"$in": [loop_id, int(loop_id)]}
+    return loop_id
 # One attempt to reach an unreachable server (s); between attempts the store backs off
 # from RETRY_FIRST_S, doubling up to RETRY_MAX_S, for as long as the client waits to
 # select a server (serverSelectionTimeoutMS).
@@ -316,8 +324,14 @@ class Store:
                                                 "created": utcnow()}}, upsert=True)
 
     @_retrying
-    def get_loop(self, loop_id: str) -> dict | None:
-        return self.loops.find_one({"loop_id": loop_id}, {"_id": 0})
+    def get_loop(self, loop_id: str) -> LoopDoc | None:
+        d = self.loops.find_one({"loop_id": _loop_query(loop_id)}, {"_id": 0})
+        return None if d is None else LoopDoc.from_dict(d)
+
+    @_retrying
+    def get_loops(self) -> list[LoopDoc]:
+        """Every loop, oldest first."""
+        return [LoopDoc.from_dict(d) for d in self.loops.find({}, {"_id": 0}).sort("created", 1)]
 
     @_retrying
     def loop_ids(self) -> list[str]:
@@ -325,21 +339,39 @@ class Store:
         return [d["loop_id"] for d in self.loops.find({}, {"loop_id": 1}).sort("created", 1)]
 
     @_retrying
+    def put_analysis(self, doc: dict) -> None:
+        """One analysis result of a model (``analyses`` collection)."""
+        self.db["analyses"].insert_one(_jsonable(doc))
+
+    @_retrying
+    def get_analyses(self, **query) -> list[dict]:
+        """Analysis results matching ``query`` (e.g. ``analysis="md", series=...``)."""
+        return list(self.db["analyses"].find(query, {"_id": 0}))
+
+    @_retrying
     def set_loop_state(self, loop_id: str, state: str, **extra) -> None:
         self.loops.update_one({"loop_id": loop_id}, {"$set": {"state": state, **_jsonable(extra)}})
 
     @_retrying
-    def put_round(self, doc: dict) -> None:
-        self.rounds.update_one({"loop_id": doc["loop_id"], "round": doc["round"]},
-                               {"$set": _jsonable(doc)}, upsert=True)  # datetimes stay BSON dates
+    def put_round(self, doc: RoundDoc) -> None:
+        self.rounds.update_one({"loop_id": doc.loop_id, "round": doc.round},
+                               {"$set": _jsonable(doc.as_dict())}, upsert=True)  # datetimes stay BSON dates
 
     @_retrying
-    def get_round(self, loop_id: str, round_: int) -> dict | None:
-        return self.rounds.find_one({"loop_id": loop_id, "round": round_}, {"_id": 0})
+    def get_round(self, loop_id: str, round_: int) -> RoundDoc | None:
+        d = self.rounds.find_one({"loop_id": _loop_query(loop_id), "round": round_}, {"_id": 0})
+        return None if d is None else RoundDoc.from_dict(d)
 
     @_retrying
-    def get_rounds(self, loop_id: str) -> list[dict]:
-        return list(self.rounds.find({"loop_id": loop_id}, {"_id": 0}).sort("round", 1))
+    def get_rounds(self, loop_id: str | None = None, fields: list[str] | None = None) -> list[RoundDoc]:
+        """Round documents of a loop (every loop: None), by round; ``fields``: only those
+        (the others None), to leave out the long lists."""
+        projection = {f: 1 for f in {"loop_id", "round", *(fields or ())}} if fields else {}
+        projection["_id"] = 0
+        q = {} if loop_id is None else {"loop_id": _loop_query(loop_id)}
+        docs = [RoundDoc.from_dict(d) for d in self.rounds.find(q, projection)
+                if d.get("loop_id") is not None and d.get("round") is not None]
+        return sorted(docs, key=lambda d: (str(d.loop_id), d.round))
 
 
 def dumps_params(params: dict) -> str:

@@ -126,6 +126,7 @@ def _cmd_loop_add(args) -> int:
 def _cmd_status(args) -> int:
     from moire_al.config import INTERACTIVE_DB_WAIT_S, get_launchpad
     from moire_al.store.mongo import Store
+    from moire_al.workflows.builders import fw_query
     from moire_al.workflows.manage import fw_states, init_problems, loop_ids, require_loop, status_table
 
     lp = get_launchpad(args.launchpad, wait_s=INTERACTIVE_DB_WAIT_S)
@@ -146,7 +147,7 @@ def _cmd_status(args) -> int:
         print(status_table(store, lid))
         states = fw_states(lp, lid)
         print("fireworks: " + ", ".join(f"{k} {v}" for k, v in sorted(states.items())))
-        running = list(lp.fireworks.find({"spec._moire.loop_id": lid, "state": {"$in": ["RUNNING", "FIZZLED"]}},
+        running = list(lp.fireworks.find({**fw_query(loop_id=lid), "state": {"$in": ["RUNNING", "FIZZLED"]}},
                                          {"fw_id": 1, "name": 1, "state": 1}))
         for d in running:
             print(f"  {d['state']:9s} fw {d['fw_id']}: {d['name']}")
@@ -177,7 +178,7 @@ def _cmd_report(args) -> int:
 
 def _cmd_suite(args) -> int:
     from moire_al.config import INTERACTIVE_DB_WAIT_S, get_launchpad
-    from moire_al.workflows.analysis import analysis_workflow
+    from moire_al.workflows.builders import analysis_workflow
 
     from moire_al.config import ensure_initialized
 
@@ -196,7 +197,8 @@ def _cmd_md(args) -> int:
     from moire_al.errors import MoireALError
     from moire_al.store.mongo import Store
     from moire_al.structures import read_structures
-    from moire_al.workflows.analysis import check_md_options, md_workflow
+    from moire_al.workflows.analysis import check_md_options
+    from moire_al.workflows.builders import md_workflow
 
     atoms = read_structures(args.structure)[0]
     try:

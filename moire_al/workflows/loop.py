@@ -22,6 +22,7 @@ import numpy as np
 
 from moire_al.labelling.base import key_of
 from moire_al.errors import LabelError, MoireALError
+from moire_al.store.documents import RoundDoc
 from moire_al.store.mongo import Store, utcnow
 from moire_al.workflows.settings import LoopSettings
 
@@ -216,7 +217,7 @@ def _training_and_test(store: Store, settings: LoopSettings, loop_id: str, round
     return train, missing, test
 
 
-def fit_round(store: Store, settings: LoopSettings, loop_id: str, round_: int) -> dict:
+def fit_round(store: Store, settings: LoopSettings, loop_id: str, round_: int) -> RoundDoc:
     """Fit, test, score the remaining pool, select the next batch; store the round.
 
     Returns the round document. On a rerun of a round whose next batch was already
@@ -248,37 +249,39 @@ def fit_round(store: Store, settings: LoopSettings, loop_id: str, round_: int) -
     exhausted = len(sigma) == 0
     converged = not exhausted and max_s < settings.threshold
     last = round_ + 1 >= settings.max_rounds
-    previous = store.get_round(loop_id, round_) or {}
+    previous = store.get_round(loop_id, round_)
     if converged or exhausted or last:
         selected = []
-    elif previous.get("selected") is not None:
-        selected = previous["selected"]
+    elif previous is not None and previous.selected is not None:
+        selected = previous.selected
     else:
         selected = select_most_uncertain(candidates, ranking, settings.batch_size)
     failures = store.unresolved_failures(loop_id)
     n_labels = store.count_labels(loop_id)  # n_new: labels since the previous round (a refit's too)
-    doc = {
-        "loop_id": loop_id, "round": round_, "started": previous.get("started", started),
-        "finished": utcnow(), "wall_time": time.time() - t0,
-        "n_train": len(train), "n_labels": n_labels,
-        "n_new": n_labels - int((store.get_round(loop_id, round_ - 1) or {}).get("n_labels", 0)),
-        "n_failed": len(missing), "failed_keys": [f["key"] for f in failures],
-        "model_id": model_id, "rmse": errors, "n_test": len(test),
-        "parity": {"F_ref": ref.tolist(), "F_pred": pred.tolist()},
-        "n_pool": len(candidates), "sigma_f": sigma.tolist(), "max_sigma_f": max_s,
-        "median_sigma_f": float(np.median(sigma)) if len(sigma) else 0.0,
-        "rel_unc": rel.tolist(), "max_rel_unc": float(rel.max()) if len(rel) else 0.0,
-        "threshold": settings.threshold, "criterion": settings.criterion,
-        "selected": selected, "converged": bool(converged),
-        "stop_reason": ("converged" if converged else "pool_exhausted" if exhausted
-                        else "max_rounds" if last else None),
-    }
+    before = store.get_round(loop_id, round_ - 1)
+    doc = RoundDoc(
+        loop_id=loop_id, round=round_,
+        started=previous.started if previous is not None and previous.started else started,
+        finished=utcnow(), wall_time=time.time() - t0,
+        n_train=len(train), n_labels=n_labels,
+        n_new=n_labels - int(before.n_labels or 0 if before is not None else 0),
+        n_failed=len(missing), failed_keys=[f["key"] for f in failures],
+        model_id=model_id, rmse=errors, n_test=len(test),
+        parity={"F_ref": ref.tolist(), "F_pred": pred.tolist()},
+        n_pool=len(candidates), sigma_f=sigma.tolist(), max_sigma_f=max_s,
+        median_sigma_f=float(np.median(sigma)) if len(sigma) else 0.0,
+        rel_unc=rel.tolist(), max_rel_unc=float(rel.max()) if len(rel) else 0.0,
+        threshold=settings.threshold, criterion=settings.criterion,
+        selected=selected, converged=bool(converged),
+        stop_reason=("converged" if converged else "pool_exhausted" if exhausted
+                     else "max_rounds" if last else None),
+    )
     store.put_round(doc)
     if selected:
         store.mark_selected(loop_id, selected, round_ + 1)
     else:
-        store.set_loop_state(loop_id, "COMPLETED", stop_reason=doc["stop_reason"], final_model=model_id,
+        store.set_loop_state(loop_id, "COMPLETED", stop_reason=doc.stop_reason, final_model=model_id,
                              final_round=round_)
     log.info("loop %s round %d: n_train %d, F RMSE %s, max sigma %.4g, %s", loop_id, round_, len(train),
-             errors.get("F"), max_s, doc["stop_reason"] or f"selected {len(selected)}")
+             errors.get("F"), max_s, doc.stop_reason or f"selected {len(selected)}")
     return doc
