@@ -67,8 +67,9 @@ def main(argv=None) -> int:
 
     # ---- ours
     t0 = time.perf_counter()
+    sites_path = os.path.join(args.out, "relaxed", "sites.xyz")
     res = polarization_analysis(relaxed, calc_name="reference:Tersoff+ILP",
-                                plot_dir=os.path.join(args.out, "relaxed"))
+                                plot_dir=os.path.join(args.out, "relaxed"), sites_path=sites_path)
     fig.update(polarization_s=time.perf_counter() - t0, polarization_peak_rss_mb=rss_mb(),
                P_max_pC_per_m=res["P_max_pC_per_m"], charge_range=res["charge"]["range"],
                bn_ratio=res["charge"]["bn_ratio"],
@@ -88,7 +89,7 @@ def main(argv=None) -> int:
 
     from moire_al.analysis.tightbinding import build_system, pybinding_model, spectral_bounds
 
-    ours_dn = induced_charges(relaxed).dn if args.pybinding_sites else None
+    ours_dn = structures.read_structures(sites_path)[0].arrays["dn"]
     system = build_system(relaxed)
     t0 = time.perf_counter()
     models = [pybinding_model(system), pybinding_model(system, layers_only=True)]

@@ -186,11 +186,11 @@ def surface_potential(atoms, dn: np.ndarray, height: float = 3.35, g_cut: float 
     Returns ``{"V": (n, n) volts on fractional grid points (i + ½)/n, "X", "Y"
     (Cartesian Å), "P_z": C/m, "z_eval": Å, "g_cut": 1/Å, "n_G": Fourier
     components used}``."""
-    from moire_al.analysis.tightbinding import SlaterKoster
-
     if not np.isfinite(height):
         raise MoireALError(f"height must be finite, got {height}")
     dn = np.asarray(dn, float)
+    if dn.shape != (len(atoms),):
+        raise MoireALError(f"need one induced charge per atom ({len(atoms)}), got {dn.shape}")
     layers = layers_of(atoms)
     a = a or SlaterKoster().lattice_parameter(atoms)
     g_cut = coarse_cutoff(a) if g_cut is None else float(g_cut)
