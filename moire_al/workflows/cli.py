@@ -47,8 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("demo", help="the main job: a small real hyperactive loop through FireWorks")
     p.add_argument("--material", default="graphene", choices=("graphene", "hbn"))
-    p.add_argument("--labeller", default="reference", choices=("reference", "cp2k", "gpaw"),
-                   help="reference potential (minutes) or a real DFT code (hours)")
+    p.add_argument("--labeller", default="dataset", choices=("dataset", "cp2k", "reference"),
+                   help="dataset: the committed CP2K labels replayed (minutes, the default); cp2k: the same "
+                        "loop with CP2K computing its labels live (hours); reference: the classical baseline")
     p.add_argument("--rounds", type=int, default=4, help="max rounds (fits)")
     p.add_argument("--batch", type=int, default=10, help="structures added per round")
     p.add_argument("--workers", type=int, default=1, help="rlaunch worker processes")
