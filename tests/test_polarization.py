@@ -228,12 +228,14 @@ def test_cli_polarization_and_errors(tmp_path, capsys):
     path = tmp_path / "tb.xyz"
     structures.write_structures(path, [structures.twisted_bilayer("hbn", m=2)])
     out = tmp_path / "out"
-    assert main(["analyse", "polarization", str(path), "--out", str(out), "--moments", "96"]) == 0
+    assert main(["analyse", "polarization", str(path), "--out", str(out), "--moments", "96",
+                 "--min-width", "25"]) == 0
     res = json.load(open(out / "polarization.json"))
     for key in ("P_max_pC_per_m", "charge", "settings", "electronic"):
         assert key in res
     assert res["charge"]["range"][0] < 0 < res["charge"]["range"][1]
     assert res["settings"]["n_moments"] == 96 and res["settings"]["reference"] == "isolated layers"
+    assert res["settings"]["min_width_A"] == 25.0 and res["electronic"]["reps"] == [3, 3]
     assert res["charge"]["bn_ratio"] > 0 and res["P_max_pC_per_m"] > 0
     assert (out / "polarization_charge.png").exists() and (out / "polarization_potential.png").exists()
     gr = tmp_path / "gr.xyz"
