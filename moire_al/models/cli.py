@@ -1,4 +1,4 @@
-"""``moire-al fit`` and ``moire-al predict``. JAX is imported inside the handlers."""
+"""``moire-al fit``, ``predict``, ``explore`` and ``finetune``. JAX is imported inside the handlers."""
 
 from __future__ import annotations
 
@@ -47,6 +47,37 @@ def register(subparsers) -> None:
     q.add_argument("input", help="structures (extxyz or any ASE-readable file)")
     q.add_argument("-o", "--output", required=True, help="output extxyz")
     q.set_defaults(func=predict_command)
+
+    e = subparsers.add_parser("explore", help="uncertainty-biased MD: find structures the model gets wrong",
+                              description="Langevin MD of each structure at each temperature with the force "
+                                          "biased up the committee's energy std (V = E - tau sigma_E, tau "
+                                          "relative to the mean force, ramped); a run stops when the max "
+                                          "relative force uncertainty passes --tolerance and that "
+                                          "configuration is written to OUT (extxyz, explore_* info keys).")
+    e.add_argument("model", help="model directory (moire-al fit -o), with a committee")
+    e.add_argument("structures", help="start structures (DFT-sized cells; extxyz or any ASE-readable file)")
+    e.add_argument("-o", "--output", required=True, help="the finds (extxyz)")
+    e.add_argument("--temperatures", type=_floats, default=(300.0,), help="comma-separated K (default 300)")
+    e.add_argument("--steps", type=int, default=1000, help="max MD steps per run (default 1000)")
+    e.add_argument("--tau", type=float, default=0.1, help="bias force / mean force (default 0.1; 0: unbiased)")
+    e.add_argument("--ramp", type=int, default=100, help="steps over which tau ramps up (default 100)")
+    e.add_argument("--tolerance", type=float, default=0.3,
+                   help="max relative force uncertainty that stops a run (default 0.3)")
+    e.add_argument("--timestep", type=float, default=1.0, help="fs (default 1)")
+    e.add_argument("--friction", type=float, default=0.01, help="Langevin friction per fs (default 0.01)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--json", help="write the runs' summaries (traces included) to this JSON file")
+    e.set_defaults(func=explore_command)
+
+
+def _floats(text: str) -> tuple:
+    try:
+        out = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad list of numbers {text!r}: use e.g. 300,600") from None
+    if not out:
+        raise argparse.ArgumentTypeError("empty list of numbers")
+    return out
 
 
 def _read(path):
@@ -123,4 +154,38 @@ def predict_command(args) -> int:
         out.append(at)
     ase.io.write(args.output, out, format="extxyz")
     print(f"wrote {len(out)} structures to {args.output}")
+    return 0
+
+
+def _load_model(path):
+    from moire_al.models.ace import ACEModel
+
+    return ACEModel.load(path)
+
+
+def explore_command(args) -> int:
+    import json
+
+    from moire_al.analysis.explore import ExploreSettings, explore
+    from moire_al.structures import write_structures
+
+    structures = _read(args.structures)
+    settings = ExploreSettings(temperatures_K=args.temperatures, steps=args.steps, tau_rel=args.tau,
+                               ramp_steps=args.ramp, tolerance=args.tolerance, seed=args.seed,
+                               timestep_fs=args.timestep, friction_per_fs=args.friction).validate()
+    model = _load_model(args.model)
+    runs = explore(model, structures, settings)
+    finds = [r.structure for r in runs if r.triggered]
+    for r in runs:
+        what = (f"find at step {r.step}: max rel. force unc. {r.max_rel_force_unc:.3f}, "
+                f"sigma_F {r.max_force_std:.3f} eV/A, sigma_E {r.energy_std:.4f} eV" if r.triggered
+                else f"no find ({r.reason or 'ran to the end'}{'' if r.step is None else f' at step {r.step}'})")
+        print(f"{r.source[:12]} {r.temperature_K:g} K seed {r.seed}: {what}")
+    write_structures(args.output, finds)
+    if args.json:
+        from moire_al.conventions import plain
+
+        with open(args.json, "w") as fh:
+            json.dump(plain({"settings": settings.as_dict(), "runs": [r.as_dict() for r in runs]}), fh, indent=1)
+    print(f"wrote {len(finds)} find(s) of {len(runs)} run(s) to {args.output}")
     return 0
