@@ -115,3 +115,71 @@ def test_explore_cli_writes_the_finds_it_reports(tiny, tmp_path, capsys):
     rc = main(["explore", str(tiny[1]), str(tmp_path / "start.xyz"), "-o", str(out), "--tolerance", "0"])
     err = capsys.readouterr().err
     assert rc == 1 and err.count("\n") == 1 and "tolerance" in err
+
+
+# ------------------------------------------------------------------ fine-tuning
+def _strained_task():
+    from moire_al.models import synthetic as S
+
+    return [S.stacked("graphene", 2, 3, d=3.3 + 0.05 * k, strain=0.05 * (-1) ** k, rattle=0.04, seed=10 + k)
+            for k in range(4)]
+
+
+def _rmse_independent(model_dir, labelled):
+    """Force RMSE (eV/Å) and energy RMSE (meV/atom) through the ASE calculator of the saved model."""
+    from moire_al.conventions import REF_ENERGY, REF_FORCES
+    from moire_al.models import ACEModel
+
+    m = ACEModel.load(model_dir)
+    dF, dE = [], []
+    for at in labelled:
+        x = at.copy()
+        x.calc = m.calculator(committee=False)
+        dF.append(x.get_forces() - at.arrays[REF_FORCES])
+        dE.append((x.get_potential_energy() - at.info[REF_ENERGY]) / len(at))
+    return float(np.sqrt(np.mean(np.concatenate(dF) ** 2))), 1000 * float(np.sqrt(np.mean(np.square(dE))))
+
+
+def test_finetune_lowers_the_task_error_and_prints_what_an_independent_evaluation_finds(tiny, gcalc, tmp_path,
+                                                                                      capsys):
+    import json
+
+    from moire_al.cli import main
+    from moire_al.models import synthetic as S
+    from moire_al.structures import write_structures
+
+    task = _strained_task()
+    write_structures(tmp_path / "task.xyz", task)
+    new_dir = tmp_path / "new"
+    rc = main(["finetune", str(tiny[1]), str(tmp_path / "task.xyz"), "--labeller", "reference",
+               "--train", str(tiny[2]), "-o", str(new_dir)])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    rep = json.loads((new_dir / "finetune.json").read_text())
+    labelled = S.label(task, gcalc)          # the same labels, computed independently
+    for when, model_dir in (("before", tiny[1]), ("after", new_dir)):
+        F, E = _rmse_independent(model_dir, labelled)
+        assert rep[f"task_{when}"]["all"]["F_eV_per_A"] == pytest.approx(F, rel=1e-6, abs=1e-9)
+        assert rep[f"task_{when}"]["all"]["E_meV_per_atom"] == pytest.approx(E, rel=1e-5, abs=1e-6)
+        assert f"{F:8.4f}" in text and f"{E:9.3f}" in text
+    before, after = rep["task_before"]["all"]["F_eV_per_A"], rep["task_after"]["all"]["F_eV_per_A"]
+    assert after < 0.8 * before, (before, after)
+    assert rep["n_task"] == 4 and rep["n_train"] == 12 and rep["test_set"] == "train"
+    assert rep["forgetting_F_ratio"] < 1.5                  # the original set is not forgotten
+    assert "forgetting" in text and "not DFT" in text
+
+
+def test_finetune_refuses_a_training_file_that_is_not_the_models(tiny, tmp_path, capsys):
+    import ase.io
+
+    from moire_al.cli import main
+    from moire_al.structures import write_structures
+
+    train = ase.io.read(tiny[2], ":")
+    write_structures(tmp_path / "train_part.xyz", train[:-1])
+    write_structures(tmp_path / "task.xyz", _strained_task()[:1])
+    rc = main(["finetune", str(tiny[1]), str(tmp_path / "task.xyz"), "--labeller", "reference",
+               "--train", str(tmp_path / "train_part.xyz"), "-o", str(tmp_path / "new")])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1 and "not the one the model was fitted to" in err
+    assert not (tmp_path / "new").exists()

@@ -69,6 +69,27 @@ def register(subparsers) -> None:
     e.add_argument("--json", help="write the runs' summaries (traces included) to this JSON file")
     e.set_defaults(func=explore_command)
 
+    f = subparsers.add_parser("finetune", help="label task structures, refit the model on its training set + "
+                                               "the task, print errors before/after",
+                              description="Fine-tune MODEL on TASK (NEB images, strained cells, defects): "
+                                          "label TASK with --labeller, refit with MODEL's hyperparameters "
+                                          "on the union of its training set (--train, checked against the "
+                                          "hash the model keeps) and the task, print the task error and the "
+                                          "original test error (--test; else the training set) before and "
+                                          "after, and write NEW_MODEL.")
+    f.add_argument("model", help="model directory (moire-al fit -o)")
+    f.add_argument("task", help="task structures (extxyz or any ASE-readable file)")
+    f.add_argument("--labeller", default="cp2k", choices=["reference", "cp2k", "gpaw", "dataset"],
+                   help="reference = the classical potential (a fast baseline, not DFT); dataset: replay "
+                        "labels from a labelled file (--settings {\"path\": ...}; default: TASK itself)")
+    f.add_argument("--settings", help="JSON (or YAML) file with labeller settings")
+    f.add_argument("--train", required=True,
+                   help="the model's labelled training structures (a saved model keeps only their hash)")
+    f.add_argument("--test", help="labelled original test structures (default: the training set stands in)")
+    f.add_argument("--workdir", default=None, help="labelling run directories (default: NEW_MODEL.runs/)")
+    f.add_argument("-o", "--output", required=True, help="new model directory")
+    f.set_defaults(func=finetune_command)
+
 
 def _floats(text: str) -> tuple:
     try:
@@ -188,4 +209,40 @@ def explore_command(args) -> int:
         with open(args.json, "w") as fh:
             json.dump(plain({"settings": settings.as_dict(), "runs": [r.as_dict() for r in runs]}), fh, indent=1)
     print(f"wrote {len(finds)} find(s) of {len(runs)} run(s) to {args.output}")
+    return 0
+
+
+def finetune_command(args) -> int:
+    import json
+    from pathlib import Path
+
+    from moire_al.errors import MoireALError
+    from moire_al.labelling import get_labeller
+    from moire_al.labelling.cli import _read_settings
+    from moire_al.models.finetune import check_training_set, finetune, label_all
+
+    if Path(args.output).resolve() == Path(args.model).resolve():
+        raise MoireALError("finetune: -o must be a new directory (the original model is kept)")
+    task = _read(args.task)
+    train = _read(args.train)
+    test = _read(args.test) if args.test else None
+    settings = _read_settings(args.settings)
+    if args.labeller == "dataset" and not settings:
+        settings = {"path": args.task}
+    labeller = get_labeller(args.labeller, settings)
+    model = _load_model(args.model)
+    check_training_set(model, train)              # before any labelling is spent
+    labelled, failed = label_all(labeller, task, args.workdir or f"{args.output}.runs")
+    for fl in failed:
+        print(f"label failed: {fl.structure_hash[:12]} {fl.error_type}: {fl.message}")
+    if not labelled:
+        raise MoireALError(f"finetune: none of the {len(task)} task structures could be labelled")
+    new, report = finetune(model, labelled, train, test, check_train=False)
+    report.n_failed = len(failed)
+    new.fit_report_["finetune"] = report.as_dict()
+    out = new.save(args.output)
+    (Path(out) / "finetune.json").write_text(json.dumps(report.as_dict(), indent=1))
+    print(report.text())
+    print(f"model: {out} ({report.n_train} + {report.n_task} structures, labeller {labeller.name}"
+          f"{', the classical reference potential (not DFT)' if labeller.name == 'reference' else ''})")
     return 0
