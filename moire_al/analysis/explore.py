@@ -20,7 +20,7 @@ mean force; ramp(step) = min(1, step / ramp_steps) switches it on smoothly.
 The run (ASE Langevin through :func:`moire_al.analysis.md.run_md`) stops when the
 max relative force uncertainty max_i σ_F,i / (|F_i| + ε) passes ``tolerance``; the
 configuration at that step is returned with the uncertainty the committee reports
-for it. Physics only: no workflow engine here.
+for it (from step 1 on: the start, usually a training structure, is never a find). Physics only: no workflow engine here.
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ class _Recorder:
         self.rel.append(float(r["max_rel_force_unc"]))
         self.tau.append(float(r["tau"]))
         self.calc.step = step + 1
-        if r["max_rel_force_unc"] > self.tolerance:
+        if step > 0 and r["max_rel_force_unc"] > self.tolerance:    # the start itself is not a find
             return (f"tolerance: max relative force uncertainty {r['max_rel_force_unc']:.3f} above "
                     f"{self.tolerance:g} at step {step}")
         return None
