@@ -67,6 +67,14 @@ def training_set_hash(atoms_list) -> str:
     return hashlib.sha256("".join(sorted(keys)).encode()).hexdigest()[:24]
 
 
+def default_totaldegree(elements) -> int:
+    """The default total degree (order 3) for a set of species, chosen against DFT by
+    benchmarks/accuracy.py: for graphene, degree 14 (L = 397) halved the held-out bilayer
+    force error of degree 10 (L = 120) while degree 16 at order 4 (L = 1,461) overfitted the
+    set (docs/model.md). Two species keep degree 10 (L = 1,408 already) until measured."""
+    return 14 if len(set(elements)) == 1 else 10
+
+
 #: ``atoms.info`` key of a per-structure weight: it multiplies all rows of that structure
 WEIGHT_KEY = "fit_weight"
 
@@ -90,14 +98,17 @@ class ACEModel:
     ----------
     elements : chemical symbols or atomic numbers; None = the species of the training data.
     order, totaldegree, rcut, wL : ACE basis (correlation order, total degree, cutoff Å,
-        l-weight of the degree). Defaults suit the demo (graphene: 120, hBN: 1408 functions).
+        l-weight of the degree). ``totaldegree=None`` (default) takes
+        :func:`default_totaldegree` of the training species when fitting: 14 for one
+        species (graphene: 397 functions, chosen on the CP2K set by benchmarks/accuracy.py,
+        docs/model.md), 10 for two or more (hBN: 1,408 functions).
     committee_size : K posterior samples.
     weights : {"E": per-atom energy weight, "F": force weight, "V": per-atom virial weight}.
     d3 : add D3(BJ, PBE) at prediction (and subtract it from labels that include it).
     seed : committee seed.
     """
 
-    def __init__(self, elements=None, order: int = 3, totaldegree: int = 10, rcut: float = 5.5,
+    def __init__(self, elements=None, order: int = 3, totaldegree: int | None = None, rcut: float = 5.5,
                  committee_size: int = 32, weights: dict | None = None, d3: bool = True, seed: int = 0,
                  wL: float = 1.5, prior_power: float = 2.0):
         self.elements = elements
@@ -150,6 +161,8 @@ class ACEModel:
         if not atoms_list:
             raise ModelError("fit: no training structures")
         zs = self._resolve_elements(atoms_list)
+        if self.totaldegree is None:
+            self.totaldegree = default_totaldegree(zs)
         for k, at in enumerate(atoms_list):
             validate_labelled(at, k, zs)
         if self.d3:

@@ -70,7 +70,7 @@ READY_LOOPS = {
     "graphene_dft_replay": LoopSettings(
         material="graphene", pool={"file": "data/dft/graphene.extxyz", "layers": [1, 2, 3]},
         labeller="dataset", labeller_settings={"path": "data/dft/graphene.extxyz"},
-        model={"order": 3, "totaldegree": 14}, n_initial=10, n_test=25, batch_size=10, max_rounds=6,
+        model={}, n_initial=10, n_test=25, batch_size=10, max_rounds=6,
         name="hyperactive graphene (replayed CP2K labels)"),
 }
 

@@ -24,10 +24,6 @@ import yaml
 from moire_al import config, dbserver
 
 
-#: the demo's model: the basis benchmarks/accuracy.py found best per cost on the CP2K sets
-DEMO_MODEL = {"graphene": {"order": 3, "totaldegree": 14}, "hbn": {"order": 3, "totaldegree": 8}}
-
-
 def demo_settings(material: str, labeller: str, max_rounds: int, batch_size: int):
     """The demo loop: on the committed DFT set (replayed or live), or the classical baseline."""
     from moire_al.workflows.settings import LoopSettings
@@ -39,7 +35,7 @@ def demo_settings(material: str, labeller: str, max_rounds: int, batch_size: int
     data = f"data/dft/{material}.extxyz"
     labeller_settings = {"path": data} if labeller == "dataset" else {}
     return LoopSettings(material=material, pool={"file": data, "layers": [1, 2, 3]}, labeller=labeller,
-                        labeller_settings=labeller_settings, model=dict(DEMO_MODEL[material]),
+                        labeller_settings=labeller_settings, model={},  # the default basis (docs/model.md)
                         n_initial=10, n_test=25, max_rounds=max_rounds, batch_size=batch_size,
                         threshold=0.02, name=name)
 
