@@ -80,3 +80,21 @@ def ensure_initialized(lp) -> bool:
         return False
     lp.reset("", require_password=False, max_reset_wo_password=0)
     return True
+
+
+def project_root() -> Path:
+    """The checkout moire-al runs from (where ``data/dft`` lies)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def resolve_data_path(path: str | os.PathLike) -> str:
+    """An absolute path for a data file named in a loop or labeller setting.
+
+    Absolute paths stay; a relative one is taken from the current directory when it
+    exists there, else from the project root, so ``data/dft/graphene.extxyz`` in a
+    workflow file means the same to a worker running in a launcher directory.
+    """
+    p = Path(os.path.expanduser(os.fspath(path)))
+    if p.is_absolute() or p.exists():
+        return str(p.resolve())
+    return str((project_root() / p).resolve())

@@ -1,5 +1,6 @@
 """Analyses as Fireworks (category 'analysis'), results stored with the model id."""
 
+import pytest
 from fireworks import FWorker
 from fireworks.core.rocket_launcher import rapidfire
 
@@ -29,3 +30,33 @@ def test_unknown_model_fizzles_with_clear_message(launchpad, tmp_path, monkeypat
     fw = launchpad.get_fw_by_id(launchpad.get_fw_ids()[0])
     assert fw.state == "FIZZLED"
     assert "no model 'nope'" in fw.launches[-1].action.stored_data["_exception"]["_stacktrace"]
+
+
+def test_md_fireworks_store_results_and_the_temperature_series(launchpad, tmp_path, monkeypatch):
+    """One MD Firework per temperature on a stored structure, then D(T); the trajectory
+    stays in the launch directory, only its path in the database."""
+    import os
+
+    from moire_al import structures
+    from moire_al.errors import MoireALError
+    from moire_al.workflows.analysis import md_workflow
+
+    monkeypatch.chdir(tmp_path)
+    store = Store.from_launchpad(launchpad)
+    (h,) = store.put_structures([structures.monolayer("graphene", n=3)])
+    launchpad.add_wf(md_workflow(h, "graphene", "reference", temperatures=(300, 500), steps=80,
+                                 options={"sample_every": 1, "traj_every": 10}))
+    rapidfire(launchpad, FWorker(category="analysis"), nlaunches=0, max_loops=1)
+    assert launchpad.get_fw_ids({"state": "COMPLETED"}, count_only=True) == 3
+    docs = list(store.db["analyses"].find({"analysis": "md"}))
+    assert sorted(d["temperature_K"] for d in docs) == [300.0, 500.0]
+    for d in docs:
+        assert d["stable"] and d["result"]["steps_done"] == 80 and d["model_id"] == "reference"
+        traj = d["result"]["files"]["trajectory"]
+        assert os.path.dirname(traj) == d["launch_dir"] and os.path.getsize(traj) > 0
+        assert "positions" not in d["result"]
+    summary = store.db["analyses"].find_one({"analysis": "md_temperatures"})
+    assert [p["temperature_K"] for p in summary["result"]["points"]] == [300.0, 500.0]
+    assert all("D_inplane" in p for p in summary["result"]["points"])
+    with pytest.raises(MoireALError, match="unknown MD option"):
+        md_workflow(h, "graphene", options={"temperature_K": 5})

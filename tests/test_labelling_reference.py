@@ -162,3 +162,39 @@ def test_cli_resumes_and_retries_failures(tmp_path):
     assert len(done) == 3
     assert all(np.isfinite(a.arrays[conv.REF_FORCES]).all() for a in done)
     assert not (tmp_path / "out.xyz.failures.json").exists()
+
+
+def test_reference_potential_reuses_lammps_between_calls_exactly():
+    """Successive evaluations reuse LAMMPS' neighbour list (run 1, no integrator): after
+    random moves, atoms crossing the cell faces and moves beyond the skin, every result
+    equals a fresh calculator's; per-atom energies and virials add up."""
+    import numpy as np
+
+    from moire_al import structures
+    from moire_al.labelling.reference import reference_calculator
+
+    tb = structures.twisted_bilayer("graphene", m=2)
+    calc = reference_calculator("graphene")
+    tb.calc = calc
+    rng = np.random.default_rng(0)
+    top = tb.arrays["layer"] == 1
+    for step, amp in enumerate((0.0, 0.02, 0.02, 0.05, 0.02, 0.02)):
+        tb.positions += rng.normal(0, amp, tb.positions.shape)
+        if step == 2:
+            tb.positions[0, :2] -= 0.05 * tb.cell[0, :2] / np.linalg.norm(tb.cell[0, :2])  # out of the cell
+        if step == 4:
+            tb.positions[top, 0] += 1.3       # a whole layer beyond half the 2 Å skin: a rebuild
+        f, e, s = tb.get_forces(), tb.get_potential_energy(), tb.get_stress()
+        fresh = tb.copy()
+        fresh.calc = reference_calculator("graphene")
+        assert np.abs(fresh.get_forces() - f).max() < 1e-9
+        assert abs(fresh.get_potential_energy() - e) < 1e-9 and np.abs(fresh.get_stress() - s).max() < 1e-12
+    e_at = calc.get_property("energies", tb)
+    W = calc.get_property("virials", tb)
+    assert e_at.sum() == pytest.approx(tb.get_potential_energy(), abs=1e-8)
+    assert np.abs(W.sum(axis=0) + tb.get_volume() * tb.get_stress(voigt=False)).max() < 1e-8
+    tb.positions += rng.normal(0, 0.01, tb.positions.shape)    # per-atom tallies stay on, still exact
+    fresh = tb.copy()
+    fresh.calc = reference_calculator("graphene")
+    assert np.abs(fresh.get_forces() - tb.get_forces()).max() < 1e-9
+    assert "virials" in calc.results

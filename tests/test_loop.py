@@ -263,3 +263,68 @@ def test_rerun_of_finished_fit_does_not_duplicate_branch(launchpad, tmp_path, mo
     assert store.labels.count_documents({}) == labels_before
     members = assert_labelled_once(store)
     assert all(m["label_runs"] == 1 for m in members)
+
+
+# ---------------------------------------------------------------- the loop on DFT labels
+
+
+def _dft_slice(tmp_path, n=16):
+    """A small labelled file: every 4th structure of the committed CP2K graphene set."""
+    from pathlib import Path
+
+    import ase.io
+
+    src = Path(__file__).resolve().parent.parent / "data" / "dft" / "graphene.extxyz"
+    images = [a for a in ase.io.read(src, ":", format="extxyz") if len(a) <= 40][::4][:n]
+    path = tmp_path / "dft.extxyz"
+    ase.io.write(path, images, format="extxyz")
+    return path, images
+
+
+def test_loop_on_replayed_dft_labels(launchpad, tmp_path, monkeypatch):
+    """A pool read from a labelled file, labelled by replay: labels keep the CP2K name and key,
+    say they were replayed, and the held-out split is the file's fixed one."""
+    from moire_al import conventions as conv
+    from moire_al.structures.pool import fixed_test_split
+
+    monkeypatch.chdir(tmp_path)
+    path, images = _dft_slice(tmp_path)
+    settings = tiny_settings(pool={"file": str(path)}, labeller="dataset",
+                             labeller_settings={"path": str(path)}, max_rounds=2)
+    add_loop(launchpad, settings)
+    run_all(launchpad)
+    store = Store.from_launchpad(launchpad)
+    rounds = store.get_rounds("L")
+    assert [r["n_train"] for r in rounds] == [4, 7]
+    assert all(0 < r["rmse"]["F"] < 5 for r in rounds)
+    hashes = [conv.structure_hash(a) for a in images]
+    assert set(store.member_hashes("L", role="test")) == set(fixed_test_split(hashes, 3))
+    by_hash = {conv.structure_hash(a): a for a in images}
+    labels = list(store.labels.find({"loop_id": "L"}))
+    assert len(labels) == 4 + 3 + 3
+    for lab in labels:
+        src = by_hash[lab["structure_hash"]]
+        assert lab["labeller"] == "cp2k" and lab["replayed_from"] == str(path)
+        assert lab["key"] == src.info["label_key"] and lab["energy"] == src.info["REF_energy"]
+    assert store.loops.find_one({"loop_id": "L"})["state"] == "COMPLETED"
+    table = status_table(store, "L")
+    assert "replayed CP2K labels from dft.extxyz" in table and "not in this run" in table
+
+
+def test_pool_file_parameters_are_checked_before_anything_runs(tmp_path):
+    with pytest.raises(SettingsError, match="'pool'.*takes only"):
+        LoopSettings(pool={"file": "x.extxyz", "seed": 3})
+    with pytest.raises(SettingsError, match="'layers'"):
+        LoopSettings(pool={"file": "x.extxyz", "layers": "1,2"})
+
+
+def test_demo_learning_verdict():
+    from moire_al.workflows.demo import demo_settings, learning_verdict
+
+    assert learning_verdict([0.4, 0.3, 0.31, 0.19])[0]
+    assert not learning_verdict([0.4, 0.3, 0.33, 0.19])[0]      # a rise of 10 %
+    assert not learning_verdict([0.4, 0.3, 0.25, 0.21])[0]      # not halved
+    assert not learning_verdict([0.4])[0]
+    s = demo_settings("graphene", "dataset", 4, 10)
+    assert s.labeller == "dataset" and s.pool_file == "data/dft/graphene.extxyz"
+    assert demo_settings("graphene", "cp2k", 4, 10).pool == s.pool  # the same loop, live

@@ -137,6 +137,43 @@ def _defects(args):
                 layer=args.layer, plot_path=os.path.join(args.out, "defects.png"))
 
 
+def _md(args):
+    from moire_al.analysis.md import md_analysis, md_temperatures
+    from moire_al.errors import MoireALError
+
+    atoms = _read(args.structure)
+    material = _material(args, atoms)
+    if len([c for c in args.calc.split(",") if c.strip()]) != 1:
+        raise MoireALError("analyse md takes one calculator (--calc), not a comma-separated list")
+    (cname, calc), = _calcs(args, material).items()
+    opts = dict(steps=args.steps, ensemble=args.ensemble, relax_first=args.relax, pin_aa=args.pin_aa,
+                phonon_dos=args.phonon_dos, phonon_supercell=tuple(args.phonon_supercell),
+                kappa_runs=args.kappa_runs, kappa_steps=args.kappa_steps,
+                kappa_equil_steps=args.kappa_equil_steps, timestep_fs=args.timestep,
+                friction_per_fs=args.friction, seed=args.seed, sample_every=args.sample_every,
+                traj_every=args.traj_every, sigma_f_limit=args.sigma_f_limit,
+                uncertainty_every=args.uncertainty_every)
+    os.makedirs(args.out, exist_ok=True)
+    if args.temperatures:
+        try:
+            temps = [float(t) for t in args.temperatures.split(",") if t.strip()]
+        except ValueError:
+            raise MoireALError(f"--temperatures {args.temperatures!r}: expected comma-separated kelvin, "
+                               "e.g. 300,500,700,1000") from None
+        res = md_temperatures(atoms, calc, temps, calc_name=cname, outdir=args.out, **opts)
+        for r in res["runs"].values():       # each run's own md.json is in its sub-directory
+            r.pop("vacf", None), r.pop("vdos", None)
+    else:
+        res = md_analysis(atoms, calc, cname, temperature=args.temperature, outdir=args.out, **opts)
+    from moire_al.analysis.common import write_json
+
+    path = write_json(res, os.path.join(args.out, "md.json"))
+    print(json.dumps({"result": path, "stable": res["stable"],
+                      "stop_step": res.get("stop_step"), "reason": res.get("reason"),
+                      "plots": res.get("plots", {})}, default=str))
+    return 0
+
+
 def _suite(args):
     from moire_al.analysis.calculators import calculator_name, get_calculator
     from moire_al.analysis.suite import run_suite
@@ -159,7 +196,7 @@ def _suite(args):
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("analyse", help="analyses with a fitted model or the reference "
-                              "potential (relax, moire, binding, strain, phonons, neb, defects)")
+                              "potential (relax, moire, binding, strain, phonons, neb, defects, md)")
     sub = p.add_subparsers(dest="analysis", metavar="ANALYSIS")
 
     def add(name, func, help, structure=True, optional_structure=False):
@@ -213,6 +250,31 @@ def register(subparsers) -> None:
 
     q = add("defects", _defects, "defect formation energies")
     q.add_argument("--layer", type=int, default=None)
+
+    q = add("md", _md, "molecular dynamics: stability, D(T), VACF and vibrational DOS, Green-Kubo κ, "
+            "time-averaged structure")
+    q.add_argument("--temperature", type=float, default=300.0, help="K (default 300)")
+    q.add_argument("--temperatures", default=None,
+                   help="comma-separated K, e.g. 300,500,700,1000: one run each, D(T) and an Arrhenius plot")
+    q.add_argument("--steps", type=int, default=1000)
+    q.add_argument("--ensemble", default="langevin", choices=["langevin", "nve"])
+    q.add_argument("--timestep", type=float, default=1.0, help="fs (default 1)")
+    q.add_argument("--friction", type=float, default=0.01, help="Langevin friction, 1/fs (default 0.01)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--sample-every", type=int, default=2,
+                   help="keep positions/velocities every n steps for MSD/VACF (0: none)")
+    q.add_argument("--traj-every", type=int, default=10, help="trajectory frames (DIR/md.traj) every n steps")
+    q.add_argument("--relax", action="store_true", help="relax (1e-3 eV/Å) before the run")
+    q.add_argument("--pin-aa", action="store_true", help="hold the AA-node atoms fixed (seed 000)")
+    q.add_argument("--phonon-dos", action="store_true",
+                   help="phonopy DOS of the same calculator under the vibrational DOS")
+    q.add_argument("--phonon-supercell", type=int, nargs=3, default=[1, 1, 1])
+    q.add_argument("--kappa-runs", type=int, default=0, help="Green-Kubo κ from this many independent runs")
+    q.add_argument("--kappa-steps", type=int, default=5000, help="NVE steps per κ run")
+    q.add_argument("--kappa-equil-steps", type=int, default=1000, help="Langevin steps before each κ run")
+    q.add_argument("--sigma-f-limit", type=float, default=None,
+                   help="stop when the committee's max force std exceeds this (eV/Å; ACE models)")
+    q.add_argument("--uncertainty-every", type=int, default=10)
 
     q = add("suite", _suite, "the standard analysis suite with one calculator",
             structure=False)

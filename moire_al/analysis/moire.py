@@ -261,6 +261,38 @@ def aa_nodes(atoms, idx, d, labels=None):
     return np.array(nodes).reshape(-1, 2)
 
 
+def aa_node_atoms(atoms, layer: int | None = None, other: int | None = None,
+                  a: float | None = None) -> np.ndarray:
+    """Atoms at the AA nodes, to pin in a finite-temperature run (seed 000): in
+    ``layer`` (default top) the AA-stacked atom most nearly eclipsed by ``other``
+    per node (nodes at least a third of the moiré period apart, minimum image), and
+    its eclipsing partner in ``other``. Sorted indices (two per node)."""
+    layers, layer, other = _pick_layers(atoms, layer, other)
+    a = lattice_constant(material_of(atoms), a or atoms.info.get("a"))
+    sel, labels = stacking_labels(atoms, layer, other, a)
+    oth = np.where(layers == other)[0]
+    tree, src = _neighbour_tree(atoms, layers == other)
+    rho, j = tree.query(atoms.positions[sel, :2], k=1)
+    partner = oth[src[j]]
+    theta = atoms.info.get("theta_deg")
+    period = formula_period(theta, a) if theta else float(np.linalg.norm(atoms.cell.array[0, :2]))
+    cell2 = atoms.cell.array[:2, :2]
+    inv = np.linalg.inv(cell2)
+    chosen = []
+    for k in np.argsort(rho):
+        if labels[k] != "AA":
+            continue
+        p = atoms.positions[sel[k], :2]
+        far = True
+        for q in chosen:
+            f = (p - atoms.positions[sel[q], :2]) @ inv
+            f -= np.round(f)
+            far &= bool(np.linalg.norm(f @ cell2) >= period / 3.0)
+        if far:
+            chosen.append(k)
+    return np.unique(np.concatenate([sel[chosen], partner[chosen]]).astype(int)) if chosen else np.zeros(0, int)
+
+
 # ------------------------------------------------------------------ the analysis
 def moire_fields(atoms, reference=None, layer: int | None = None, other: int | None = None):
     """Per-atom fields of one layer (default top): positions, interlayer distance,

@@ -51,33 +51,13 @@ def phonon_bands(atoms, calc, calc_name: str | None = None, supercell=(4, 4, 1),
     ``n_imaginary`` (q-points × branches below −tol), ``stable`` (bool),
     ``relax`` (the relaxation summary or None), ``plots``.
     """
-    from phonopy import Phonopy
     from phonopy.phonon.band_structure import get_band_qpoints
 
     rr = None
     if relax_first:
         from moire_al.analysis.relax import relax
         atoms, rr = relax(atoms, calc, fmax=fmax, steps=steps)
-    ph = Phonopy(_to_phonopy(atoms), supercell_matrix=np.diag(supercell),
-                 primitive_matrix=np.eye(3), symprec=symprec)
-    ph.generate_displacements(distance=displacement)
-    forces = []
-    for sc in ph.supercells_with_displacements:
-        from ase import Atoms
-
-        a = Atoms(sc.symbols, cell=sc.cell, scaled_positions=sc.scaled_positions, pbc=True)
-        if "layer" in atoms.arrays:
-            # supercell atoms are ordered by unit-cell atom, each repeated n_cells times
-            n_cells = len(sc) // len(atoms)
-            a.arrays["layer"] = np.repeat(atoms.arrays["layer"], n_cells)
-        a.info["material"] = material_of(atoms)
-        a.calc = calc
-        f = a.get_forces()
-        forces.append(f - f.mean(axis=0) if symmetrize else f)
-    ph.forces = np.array(forces)
-    ph.produce_force_constants()
-    if symmetrize:
-        ph.symmetrize_force_constants()
+    ph = force_constants(atoms, calc, supercell, displacement, symmetrize, symprec)
     pts = _hex_points(atoms.cell.array)
     path = [[pts["G"], pts["M"], pts["K"], pts["G"]]]
     labels = ["Γ", "M", "K", "Γ"]
@@ -102,7 +82,7 @@ def phonon_bands(atoms, calc, calc_name: str | None = None, supercell=(4, 4, 1),
         "material": material_of(atoms),
         "n_atoms": len(atoms),
         "supercell": list(supercell),
-        "n_displacements": len(forces),
+        "n_displacements": len(ph.displacements),
         "symmetrized": bool(symmetrize),
         "labels": labels,
         "label_positions": label_pos,
@@ -122,3 +102,68 @@ def phonon_bands(atoms, calc, calc_name: str | None = None, supercell=(4, 4, 1),
         from moire_al.analysis import plots
         result["plots"]["bands"] = plots.plot_phonons({result["calc_name"]: result}, plot_path)
     return jsonable(result)
+
+
+def force_constants(atoms, calc, supercell=(4, 4, 1), displacement: float = 0.01,
+                    symmetrize: bool = True, symprec: float = 1e-4):
+    """A phonopy object with force constants from finite displacements of ``atoms``
+    (as given: relax it first) evaluated with ``calc``. ``symmetrize`` removes the
+    mean force of each displaced supercell and imposes the sum rules."""
+    from ase import Atoms
+    from phonopy import Phonopy
+
+    ph = Phonopy(_to_phonopy(atoms), supercell_matrix=np.diag(supercell),
+                 primitive_matrix=np.eye(3), symprec=symprec)
+    ph.generate_displacements(distance=displacement)
+    forces = []
+    for sc in ph.supercells_with_displacements:
+        a = Atoms(sc.symbols, cell=sc.cell, scaled_positions=sc.scaled_positions, pbc=True)
+        if "layer" in atoms.arrays:
+            # supercell atoms are ordered by unit-cell atom, each repeated n_cells times
+            n_cells = len(sc) // len(atoms)
+            a.arrays["layer"] = np.repeat(atoms.arrays["layer"], n_cells)
+        a.info["material"] = material_of(atoms)
+        a.calc = calc
+        f = a.get_forces()
+        forces.append(f - f.mean(axis=0) if symmetrize else f)
+    ph.forces = np.array(forces)
+    ph.produce_force_constants()
+    if symmetrize:
+        ph.symmetrize_force_constants()
+    return ph
+
+
+def phonon_dos(atoms, calc, calc_name: str | None = None, supercell=(1, 1, 1), mesh=(1, 1, 1),
+               sigma: float = 0.3, freq_pitch: float = 0.05, displacement: float = 0.01,
+               symmetrize: bool = True, relax_first: bool = True, fmax: float = 1e-4,
+               steps: int = 2000, symprec: float = 1e-4) -> dict:
+    """Harmonic phonon DOS (phonopy, Gaussian smearing ``sigma`` THz) on a Γ-centred
+    ``mesh``, normalised to ∫ g dν = 1 (over ν ≥ 0: the weight of imaginary modes,
+    reported, is left out).
+
+    The default (the cell itself as supercell, Γ only) gives exactly the normal
+    modes an MD run of that periodic cell can hold, the harmonic counterpart of its
+    vibrational DOS. Result keys: ``analysis``, ``calc_name``, ``n_atoms``,
+    ``supercell``, ``mesh``, ``sigma_THz``, ``frequency_THz``, ``dos``,
+    ``max_frequency_THz``, ``mean_frequency_THz``, ``imaginary_weight``, ``relax``.
+    """
+    rr = None
+    if relax_first:
+        from moire_al.analysis.relax import relax
+        atoms, rr = relax(atoms, calc, fmax=fmax, steps=steps)
+    ph = force_constants(atoms, calc, supercell, displacement, symmetrize, symprec)
+    ph.run_mesh(list(mesh), is_gamma_center=True)
+    freqs = np.asarray(ph.mesh.frequencies).ravel()
+    weights = np.repeat(np.asarray(ph.mesh.weights, float), 3 * len(atoms))
+    hi = float(freqs.max()) + 4 * sigma
+    nu = np.arange(0.0, hi + freq_pitch, freq_pitch)
+    g = (weights[None, :] * np.exp(-0.5 * ((nu[:, None] - freqs[None, :]) / sigma) ** 2)).sum(axis=1)
+    total = np.trapezoid(g, nu)
+    g = g / total if total > 0 else g
+    imag = float(weights[freqs < -0.1].sum() / weights.sum())
+    return jsonable({
+        "analysis": "phonon_dos", "calc_name": calc_label(calc, calc_name), "n_atoms": len(atoms),
+        "supercell": list(supercell), "mesh": list(mesh), "sigma_THz": sigma,
+        "frequency_THz": nu.tolist(), "dos": g.tolist(), "max_frequency_THz": float(freqs.max()),
+        "mean_frequency_THz": float(np.trapezoid(nu * g, nu)), "imaginary_weight": imag, "relax": rr,
+    })

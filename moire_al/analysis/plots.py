@@ -206,3 +206,130 @@ def plot_defects(results: dict, path) -> str:
     ax.set_ylabel("formation energy (eV)")
     ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+# ------------------------------------------------------------------ molecular dynamics
+def plot_md_traces(run, path) -> str:
+    """Temperature, energies and pressure against time (seed 003 Figs 8, 9); a blown-up
+    run is marked where it stopped."""
+    plt = _plt()
+    t = np.asarray(run.time_fs) / 1000
+    p = run.pressure_GPa
+    n = 3 if p is not None else 2
+    fig, ax = plt.subplots(n, 1, figsize=(6.5, 2.2 * n + 0.6), sharex=True)
+    ax[0].plot(t, run.temperature_K, lw=0.8)
+    ax[0].axhline(run.settings.temperature_K, color="k", ls=":", lw=0.8)
+    ax[0].set_ylabel("T (K)")
+    ax[1].plot(t, np.asarray(run.epot) / run.n_atoms, lw=0.8, label="E_pot")
+    ax[1].plot(t, np.asarray(run.etot) / run.n_atoms, lw=0.8, label="E_tot")
+    ax[1].set_ylabel("energy (eV/atom)")
+    ax[1].legend(fontsize=7)
+    if p is not None:
+        ax[2].plot(t, p, lw=0.8)
+        ax[2].set_ylabel("pressure (GPa)")
+    if not run.verdict.stable and run.verdict.step is not None:
+        for a in ax:
+            a.axvline(run.verdict.step * run.settings.timestep_fs / 1000, color="r", lw=0.8)
+        ax[0].set_title(f"stopped at step {run.verdict.step}: {run.verdict.reason}", fontsize=9)
+    else:
+        ax[0].set_title(f"{run.settings.ensemble} {run.settings.temperature_K:g} K, {run.calc_name}",
+                        fontsize=9)
+    ax[-1].set_xlabel("time (ps)")
+    return _save(fig, path)
+
+
+def plot_msd(diffusion, path) -> str:
+    """MSD per group (all atoms, each layer), in-plane and out-of-plane; the fit window shaded."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    lag = np.asarray(diffusion["lag_ps"])
+    for k, (g, curves) in enumerate(diffusion["msd"].items()):
+        D = diffusion["D"][g]
+        ax.plot(lag, curves["inplane"], "-", color=f"C{k}",
+                label=f"{g} in-plane (D = {D['inplane']['value']:.2e} ± {D['inplane']['error']:.1e})")
+        ax.plot(lag, curves["outofplane"], "--", color=f"C{k}",
+                label=f"{g} out-of-plane (D = {D['outofplane']['value']:.2e})")
+    lo, hi = diffusion["fit_window_ps"]
+    ax.axvspan(lo, hi, color="0.9", zorder=0, label="fit window")
+    ax.set_xlabel("lag (ps)")
+    ax.set_ylabel("MSD (Å²)")
+    ax.set_title("D in Å²/ps", fontsize=9)
+    ax.legend(fontsize=6)
+    return _save(fig, path)
+
+
+def plot_vacf(results: dict, path) -> str:
+    """Normalised VACF on a semi-log scale (|C(t)|), one curve per label (e.g. temperature)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for k, (name, res) in enumerate(results.items()):
+        c = np.abs(np.asarray(res["vacf"], float))
+        ax.semilogy(np.asarray(res["time_fs"]) / 1000, np.where(c > 0, c, np.nan), color=f"C{k}", lw=0.8,
+                    label=name)
+    ax.set_xlabel("time (ps)")
+    ax.set_ylabel("|VACF| (normalised)")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_vdos(vdos, phonon_dos, path) -> str:
+    """Vibrational DOS of the MD run over the harmonic (phonopy) DOS of the same calculator."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.plot(vdos["frequency_THz"], vdos["dos"], lw=1.0, label="MD (VACF Fourier transform)")
+    if phonon_dos:
+        ax.fill_between(phonon_dos["frequency_THz"], phonon_dos["dos"], color="0.7", alpha=0.6,
+                        label=f"phonopy, σ = {phonon_dos['sigma_THz']:g} THz"
+                              + (f" (overlap {phonon_dos['overlap_with_vdos']:.2f})"
+                                 if phonon_dos.get("overlap_with_vdos") is not None else ""))
+        ax.set_xlim(0, 1.15 * max(phonon_dos["max_frequency_THz"], 1.0))
+    else:
+        nu, g = np.asarray(vdos["frequency_THz"]), np.asarray(vdos["dos"])
+        top = nu[g > 1e-3 * g.max()]
+        ax.set_xlim(0, 1.1 * top.max() if len(top) else nu.max())
+    ax.set_xlabel("frequency (THz)")
+    ax.set_ylabel("DOS (1/THz, normalised)")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_kappa(kappa, path) -> str:
+    """Running Green–Kubo integrals, in-plane and cross-plane, mean ± standard error over runs."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    lag = np.asarray(kappa["lag_fs"]) / 1000
+    m, e = np.asarray(kappa["running_mean"]), np.asarray(kappa["running_err"])
+    for col, (name, y, dy) in enumerate((("in-plane (xx+yy)/2", 0.5 * (m[:, 0] + m[:, 1]), 0.5 * (e[:, 0] + e[:, 1])),
+                                         ("cross-plane zz", m[:, 2], e[:, 2]))):
+        ax.plot(lag, y, color=f"C{col}", label=name)
+        ax.fill_between(lag, y - dy, y + dy, color=f"C{col}", alpha=0.25)
+    lo, hi = np.asarray(kappa["plateau_fs"]) / 1000
+    ax.axvspan(lo, hi, color="0.92", zorder=0, label="averaged")
+    ax.set_xlabel("correlation time (ps)")
+    ax.set_ylabel("κ running integral (W/(m·K))")
+    ax.set_title(f"{kappa['temperature_K']:g} K, {kappa.get('n_runs', 0)} runs", fontsize=9)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_arrhenius(points, fit, path) -> str:
+    """ln D against 1000/T (in-plane D of all atoms), with the Arrhenius fit when there is one."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    pts = [p for p in points if p.get("D_inplane") is not None]
+    T = np.array([p["temperature_K"] for p in pts])
+    D = np.array([p["D_inplane"] for p in pts])
+    err = np.array([p["D_inplane_error"] or 0 for p in pts])
+    pos = D > 0
+    ax.errorbar(1000 / T[pos], D[pos], yerr=np.minimum(err[pos], 0.999 * D[pos]), fmt="o", label="D (in-plane)")
+    if (~pos).any():
+        ax.plot(1000 / T[~pos], np.abs(err[~pos]) + 1e-12, "v", color="0.5", label="D ≤ 0: error shown")
+    if fit.get("E_a_eV") is not None:
+        x = np.linspace((1000 / T).min(), (1000 / T).max(), 50)
+        ax.plot(x, fit["D0_A2_ps"] * np.exp(-fit["E_a_eV"] / (8.617333262e-5 * 1000 / x)), "r-",
+                label=f"E_a = {fit['E_a_eV']:.2f} eV")
+    ax.set_yscale("log")
+    ax.set_xlabel("1000 / T (1/K)")
+    ax.set_ylabel("D (Å²/ps)")
+    ax.legend(fontsize=7)
+    return _save(fig, path)

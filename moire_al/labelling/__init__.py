@@ -7,17 +7,23 @@ Labellers (see :func:`get_labeller`):
 - ``"cp2k"``: CP2K (PBE + D3(BJ), GTH, SR-MOLOPT basis) through custodian.
 - ``"gpaw"``: GPAW (PBE + D3(BJ), LCAO or PW) through custodian; a cross-check.
 - ``"vasp-inputs"``: writes VASP inputs (seed 000 settings) for a cluster.
+- ``"dataset"``: replays labels from a labelled file by structure hash (``{"path": ...}``);
+  computes nothing, keeps the original labeller's name.
 
 Heavy imports (LAMMPS, pymatgen, custodian) happen inside the labellers.
 """
 
 from moire_al.labelling.base import Labeller, LabelFailure, LabelRecord
 
-LABELLERS = ("reference", "cp2k", "gpaw", "vasp-inputs")
+LABELLERS = ("reference", "cp2k", "gpaw", "vasp-inputs", "dataset")
 
 
 def get_labeller(name: str, settings: dict | None = None) -> Labeller:
-    """A labeller by name: ``"reference" | "cp2k" | "gpaw" | "vasp-inputs"``."""
+    """A labeller by name: ``"reference" | "cp2k" | "gpaw" | "vasp-inputs" | "dataset"``."""
+    if name == "dataset":
+        from moire_al.labelling.dataset import DatasetLabeller
+
+        return DatasetLabeller(settings)
     if name == "reference":
         from moire_al.labelling.reference import ReferenceLabeller
 

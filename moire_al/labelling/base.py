@@ -69,6 +69,13 @@ class LabelRecord:
     converged: bool = True
     corrections: list = field(default_factory=list)
     workdir: str | None = None
+    #: set when the label was replayed from a labelled file (``dataset`` labeller), not computed
+    replayed_from: str | None = None
+    original_key: str | None = None
+
+    @property
+    def replayed(self) -> bool:
+        return self.replayed_from is not None
 
     def __post_init__(self):
         self.energy = _finite("energy", self.energy)
@@ -120,6 +127,8 @@ class LabelRecord:
         out.info["label_key"] = self.key
         out.info["label_wall_s"] = round(float(self.wall_time), 2)
         out.info["label_code_version"] = f"{self.code} {self.code_version}"
+        if self.replayed:
+            out.info["label_replayed_from"] = os.path.basename(self.replayed_from)
         return out
 
 
@@ -195,6 +204,14 @@ def check_structure(atoms, name: str = "", min_dist: float = 0.7, elements=None)
         raise StructureError(where + str(exc)) from None
 
 
+def key_of(labeller, atoms) -> str:
+    """The label key ``labeller`` gives ``atoms``: :func:`conventions.label_key` of its name
+    and settings, unless the labeller says otherwise (a replayed label keeps its original
+    key, so replayed and live labels of the same settings are one label)."""
+    own = getattr(labeller, "key", None)
+    return own(atoms) if callable(own) else conv.label_key(atoms, labeller.name, labeller.settings)
+
+
 def structure_name(atoms) -> str:
     return str(atoms.info.get("name") or atoms.info.get("hash") or conv.structure_hash(atoms))
 
@@ -223,7 +240,7 @@ def record_from_results(
     wall_time, converged=True, corrections=(), workdir=None,
 ) -> LabelRecord:
     return LabelRecord(
-        key=conv.label_key(atoms, labeller.name, labeller.settings),
+        key=key_of(labeller, atoms),
         structure_hash=conv.structure_hash(atoms),
         energy=energy,
         forces=forces,
@@ -243,7 +260,7 @@ def record_from_results(
 def failure_from_exception(atoms, labeller, exc, *, corrections=(), wall_time=0.0,
                            workdir=None) -> LabelFailure:
     return LabelFailure(
-        key=conv.label_key(atoms, labeller.name, labeller.settings),
+        key=key_of(labeller, atoms),
         structure_hash=conv.structure_hash(atoms),
         labeller=labeller.name,
         settings=labeller.settings,

@@ -23,7 +23,8 @@ def register(subparsers) -> None:
     p.add_argument("input", help="structures (extxyz or anything ase reads)")
     p.add_argument("-o", "--output", required=True, help="labelled structures (extxyz)")
     p.add_argument("--labeller", default="cp2k",
-                   choices=["reference", "cp2k", "gpaw", "vasp-inputs"])
+                   choices=["reference", "cp2k", "gpaw", "vasp-inputs", "dataset"],
+                   help="dataset: replay labels from a labelled file (--settings with {\"path\": ...})")
     p.add_argument("--settings", help="JSON (or YAML) file with labeller settings")
     p.add_argument("--workdir", default=None, help="run directories (default: OUT.runs/)")
     p.set_defaults(func=handler)
@@ -70,7 +71,7 @@ def handler(args) -> int:
 
     from moire_al import conventions as conv
     from moire_al.labelling import get_labeller
-    from moire_al.labelling.base import LabelFailure, structure_name
+    from moire_al.labelling.base import LabelFailure, key_of, structure_name
 
     labeller = get_labeller(args.labeller, _read_settings(args.settings))
     images = _read_input(args.input)
@@ -84,7 +85,7 @@ def handler(args) -> int:
     failures = {}
     n_new = n_fail = 0
     for atoms in tqdm(images, desc=f"label ({labeller.name})", unit="structure"):
-        key = conv.label_key(atoms, labeller.name, labeller.settings)
+        key = key_of(labeller, atoms)
         if key in done_keys:
             continue
         run_dir = os.path.join(workdir, f"{labeller.name}-{conv.structure_hash(atoms)}")

@@ -19,6 +19,7 @@ handlers. Traps handled here:
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import subprocess
@@ -243,6 +244,7 @@ class Cp2kLabeller:
             self._last_log = getattr(c, "run_log", [])
 
 
+@functools.lru_cache(maxsize=None)
 def cp2k_version(exe) -> str:
     try:
         out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30).stdout

@@ -113,17 +113,18 @@ def potential_for(material: str | None, symbols) -> PotentialSpec:
 _LAMMPS = None
 
 
-def _libmpi_candidates() -> list[str]:
-    out = [os.path.join(sys.prefix, "lib", "libmpi.so.12")]
+def _libmpi_candidates():
+    """Places libmpi.so.12 may be, cheapest first (lazily: the recursive search of
+    the environment, ~1 s, runs only when the others miss)."""
+    yield os.path.join(sys.prefix, "lib", "libmpi.so.12")
     try:
         dist = importlib.metadata.distribution("mpich")
         for f in dist.files or ():
             if str(f).endswith("libmpi.so.12"):
-                out.append(str(dist.locate_file(f)))
+                yield str(dist.locate_file(f))
     except importlib.metadata.PackageNotFoundError:
         pass
-    out += glob.glob(os.path.join(sys.prefix, "lib*", "**", "libmpi.so.12"), recursive=True)
-    return out
+    yield from glob.glob(os.path.join(sys.prefix, "lib*", "**", "libmpi.so.12"), recursive=True)
 
 
 def load_lammps():
@@ -225,9 +226,14 @@ class LammpsBox:
     rotation: np.ndarray  # pos_lammps = pos_ase @ rotation
     positions: np.ndarray  # wrapped, in the LAMMPS frame
     z_open: bool  # vacuum along z: boundary p p f
+    z_shift: float = 0.0  # fractional z shift applied when z_open
 
 
-def lammps_box(atoms) -> LammpsBox:
+def lammps_box(atoms, z_shift: float | None = None) -> LammpsBox:
+    """The LAMMPS box of ``atoms``. ``z_shift`` (fractional), when given and every atom
+    stays at least 1 Å inside the open box with it, replaces the shift that puts the
+    widest vacuum gap at the boundary: a run keeps one shift, so the scattered
+    positions do not jump as atoms vibrate (``LammpsBox.z_shift`` is the one used)."""
     cell = np.asarray(atoms.cell.array, dtype=float)
     if not np.all(atoms.pbc):
         raise StructureError(
@@ -252,15 +258,20 @@ def lammps_box(atoms) -> LammpsBox:
         raise StructureError("cannot map the cell onto a LAMMPS box")  # pragma: no cover
     frac = np.linalg.solve(cell.T, atoms.positions.T).T
     z_open = False
+    shift = 0.0
     if abs(cx) < 1e-8 and abs(cy) < 1e-8:
         shift, gap = _vacuum_shift(frac[:, 2], cz)
         if gap >= VACUUM_GAP:
             z_open = True
+            if z_shift is not None:
+                fz = np.mod(frac[:, 2] + z_shift, 1.0) * cz
+                if fz.min() > 1.0 and fz.max() < cz - 1.0:
+                    shift = z_shift
             frac[:, 2] += shift
     frac = np.mod(frac, 1.0)
     frac[frac >= 1.0 - 1e-12] = 0.0
     pos = frac @ lower
-    return LammpsBox(la, by, cz, bx, cx, cy, rot, pos, z_open)
+    return LammpsBox(la, by, cz, bx, cx, cy, rot, pos, z_open, shift if z_open else 0.0)
 
 
 def check_overlaps(atoms, min_dist: float = 0.7) -> None:
@@ -285,17 +296,32 @@ class ReferencePotential(Calculator):
     (chosen from the elements of each structure). A thin wrapper over
     ``lammps.lammps``; the LAMMPS instance is kept and reused while species,
     layers and cell stay the same (positions are scattered in), so relaxations
-    and finite differences are cheap.
+    and finite differences are cheap. After the first call each evaluation is a
+    ``run 1`` with no integrator: LAMMPS keeps its neighbour list and rebuilds it
+    only when an atom has moved half the 2 Å skin (``neigh_modify check yes``), as
+    its own ``run`` does, so an MD step costs about one LAMMPS step (``run 0``'s
+    full re-setup on every call was ~3x that on a 244-atom bilayer).
+
+    Per-atom ``energies`` (eV) and ``virials`` ((N, 3, 3), eV) are computed when
+    asked for (``get_property``): LAMMPS ``compute pe/atom`` and ``compute
+    stress/atom NULL virial`` (per-atom stress × volume, sign flipped so that
+    Σ_i W_i = −V σ). REBO, Tersoff, KC-full and ILP do not support
+    ``centroid/stress/atom``, so W_i is the symmetric split of the many-body virial,
+    the one LAMMPS' ``compute heat/flux`` uses with ``stress/atom``.
     """
 
-    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+    implemented_properties = ["energy", "free_energy", "forces", "stress", "energies", "virials"]
+    PER_ATOM = ("energies", "virials")
+    THERMO = "thermo_style custom step pe pxx pyy pzz pyz pxz pxy"
     name = "reference-potential"
 
     def __init__(self, material: str | None = None, **kwargs):
         super().__init__(**kwargs)
         self.material = material
         self._lmp = None
-        self._signature = None
+        self._signature = None      # the state the last evaluation left LAMMPS in
+        self._signature_setup = None  # what the LAMMPS box and atoms were created for
+        self._per_atom = False
         self._box = None
         self._spec = None
 
@@ -314,7 +340,8 @@ class ReferencePotential(Calculator):
                 self._lmp.close()
             finally:
                 self._lmp = None
-                self._signature = None
+                self._signature = self._signature_setup = self._box = None
+                self._per_atom = False
 
     def __del__(self):  # pragma: no cover - interpreter shutdown order varies
         try:
@@ -373,7 +400,12 @@ class ReferencePotential(Calculator):
         cmds += [
             "neighbor 2.0 bin",
             "neigh_modify every 1 delay 0 check yes one 10000 page 200000",
-            "thermo_style custom step pe pxx pyy pzz pyz pxz pxy",
+            # per-atom energy and virial, tallied only on steps whose thermo asks for them
+            "compute peatom all pe/atom",
+            "compute satom all stress/atom NULL virial",
+            "compute pesum all reduce sum c_peatom",
+            "compute vsum all reduce sum c_satom[1]",
+            self.THERMO,
         ]
         lmp.commands_list(cmds)
         n = len(atoms)
@@ -388,9 +420,21 @@ class ReferencePotential(Calculator):
         lmp.scatter_atoms("molecule", 0, 1, mol)
 
     def _scatter_positions(self, box: LammpsBox):
+        """Send the positions, each the periodic image nearest to where LAMMPS has the
+        atom now: an atom vibrating across a cell face then does not jump by a lattice
+        vector, which would make LAMMPS rebuild its neighbour list."""
+        lmp = self._lmp
         n = len(box.positions)
-        x = (ctypes.c_double * (3 * n))(*box.positions.ravel().tolist())
-        self._lmp.scatter_atoms("x", 1, 3, x)
+        ids = np.array(lmp.numpy.extract_atom("id")[:n], dtype=int)
+        cur = np.empty((n, 3))
+        cur[ids - 1] = lmp.numpy.extract_atom("x")[:n]
+        lower = np.array([[box.xhi, 0, 0], [box.xy, box.yhi, 0], [box.xz, box.yz, box.zhi]])
+        frac = np.linalg.solve(lower.T, (box.positions - cur).T).T
+        if box.z_open:
+            frac[:, 2] = 0.0
+        pos = box.positions - np.rint(frac) @ lower
+        x = (ctypes.c_double * (3 * n))(*pos.ravel().tolist())
+        lmp.scatter_atoms("x", 1, 3, x)
 
     # -- ASE entry point
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
@@ -399,7 +443,7 @@ class ReferencePotential(Calculator):
         spec = potential_for(self.material or atoms.info.get("material"),
                              atoms.get_chemical_symbols())
         layers = find_layers(atoms)
-        box = lammps_box(atoms)
+        box = lammps_box(atoms, self._box.z_shift if self._box is not None else None)
         signature = (
             spec,
             tuple(atoms.numbers),
@@ -407,22 +451,33 @@ class ReferencePotential(Calculator):
             tuple(np.round(atoms.cell.array.ravel(), 12)),
             box.z_open,
         )
+        # per-atom tallies stay on once asked for: a new thermo_style needs a full setup
+        per_atom = self._per_atom or any(p in self.PER_ATOM for p in properties)
         try:
-            if self._lmp is None or signature != self._signature:
-                self._signature = None
-                self._setup(atoms, layers, box, spec)
-                self._signature = signature
+            if self._lmp is None or signature != self._signature or per_atom != self._per_atom:
+                self._signature, self._box = None, None
+                box = lammps_box(atoms)
+                if self._lmp is None or signature != self._signature_setup:
+                    self._setup(atoms, layers, box, spec)
+                    self._signature_setup = signature
+                else:
+                    self._scatter_positions(box)
+                self._lmp.command(self.THERMO + (" c_pesum c_vsum" if per_atom else ""))
+                self._per_atom = per_atom
+                run = "run 0 post no"          # the full setup: ghosts, neighbour list
             else:
                 self._scatter_positions(box)
-            self._lmp.command("run 0 post no")
+                run = "run 1 pre no post no"   # one force step, no integrator: list reused
+            self._lmp.command(run)
+            self._signature, self._box = signature, box
         except LabelError:
             raise
         except Exception as exc:  # LAMMPS raises plain Exception subclasses
-            self._signature = None
+            self._signature = self._signature_setup = self._box = None
             raise LabelError(f"LAMMPS reference potential failed: {exc}") from exc
-        self._collect(atoms, box)
+        self._collect(atoms, box, per_atom)
 
-    def _collect(self, atoms, box: LammpsBox):
+    def _collect(self, atoms, box: LammpsBox, per_atom: bool = False):
         lmp = self._lmp
         n = len(atoms)
         energy = float(lmp.get_thermo("pe"))
@@ -430,6 +485,15 @@ class ReferencePotential(Calculator):
         f_lmp = np.array(lmp.numpy.extract_atom("f")[:n], dtype=float)
         forces = np.empty((n, 3))
         forces[ids - 1] = f_lmp @ box.rotation.T
+        extra = {}
+        if per_atom:
+            e_at = np.empty(n)
+            e_at[ids - 1] = np.array(lmp.numpy.extract_compute("peatom", 1, 1)[:n], dtype=float)
+            s6 = np.array(lmp.numpy.extract_compute("satom", 1, 2)[:n], dtype=float)  # xx yy zz xy xz yz
+            S = s6[:, [0, 3, 4, 3, 1, 5, 4, 5, 2]].reshape(n, 3, 3) * units.bar   # bar Å³ -> eV
+            W = np.empty((n, 3, 3))
+            W[ids - 1] = -np.einsum("ab,nbc,dc->nad", box.rotation, S, box.rotation)
+            extra = {"energies": e_at, "virials": W}
         p = np.array([lmp.get_thermo(k) for k in ("pxx", "pyy", "pzz", "pyz", "pxz", "pxy")])
         sig_lmp = -p * units.bar  # ASE sign: stress = -pressure
         s = np.array([
@@ -447,6 +511,7 @@ class ReferencePotential(Calculator):
             "free_energy": energy,
             "forces": forces,
             "stress": stress,
+            **extra,
         }
 
 

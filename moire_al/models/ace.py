@@ -69,6 +69,14 @@ def training_set_hash(atoms_list) -> str:
     return hashlib.sha256("".join(sorted(keys)).encode()).hexdigest()[:24]
 
 
+def default_totaldegree(elements) -> int:
+    """The default total degree (order 3) for a set of species, chosen against DFT by
+    benchmarks/accuracy.py: for graphene, degree 14 (L = 397) halved the held-out bilayer
+    force error of degree 10 (L = 120) while degree 16 at order 4 (L = 1,461) overfitted the
+    set (docs/model.md). Two species keep degree 10 (L = 1,408 already) until measured."""
+    return 14 if len(set(elements)) == 1 else 10
+
+
 #: ``atoms.info`` key of a per-structure weight: it multiplies all rows of that structure
 WEIGHT_KEY = "fit_weight"
 
@@ -92,14 +100,17 @@ class ACEModel:
     ----------
     elements : chemical symbols or atomic numbers; None = the species of the training data.
     order, totaldegree, rcut, wL : ACE basis (correlation order, total degree, cutoff Å,
-        l-weight of the degree). Defaults suit the demo (graphene: 120, hBN: 1408 functions).
+        l-weight of the degree). ``totaldegree=None`` (default) takes
+        :func:`default_totaldegree` of the training species when fitting: 14 for one
+        species (graphene: 397 functions, chosen on the CP2K set by benchmarks/accuracy.py,
+        docs/model.md), 10 for two or more (hBN: 1,408 functions).
     committee_size : K posterior samples.
     weights : {"E": per-atom energy weight, "F": force weight, "V": per-atom virial weight}.
     d3 : add D3(BJ, PBE) at prediction (and subtract it from labels that include it).
     seed : committee seed.
     """
 
-    def __init__(self, elements=None, order: int = 3, totaldegree: int = 10, rcut: float = 5.5,
+    def __init__(self, elements=None, order: int = 3, totaldegree: int | None = None, rcut: float = 5.5,
                  committee_size: int = 32, weights: dict | None = None, d3: bool = True, seed: int = 0,
                  wL: float = 1.5, prior_power: float = 2.0):
         self.elements = elements
@@ -161,6 +172,8 @@ class ACEModel:
         if not atoms_list:
             raise ModelError("fit: no training structures")
         zs = self._resolve_elements(atoms_list)
+        if self.totaldegree is None:
+            self.totaldegree = default_totaldegree(zs)
         for k, at in enumerate(atoms_list):
             validate_labelled(at, k, zs)
         return atoms_list, zs
@@ -188,7 +201,8 @@ class ACEModel:
 
     def fit_plan(self, atoms_list) -> dict:
         """Validate, build the basis and fit E0 (composition least squares of all per-atom
-        energies, D3 removed where needed). Returns ``{"elements", "E0"}`` (JSON-able): with
+        energies, D3 removed where needed). Returns ``{"elements", "totaldegree", "E0"}``
+        (JSON-able): with
         them a shard's :meth:`normal_equations` needs only its own structures."""
         atoms_list, zs = self._validated(atoms_list)
         if self.d3:
@@ -200,11 +214,13 @@ class ACEModel:
         comp = np.array([self._composition(at) for at in atoms_list])
         nat = comp.sum(1)
         self.E0_ = np.linalg.lstsq(comp / nat[:, None], energies / nat, rcond=None)[0]
-        return {"elements": list(zs), "E0": [float(x) for x in self.E0_]}
+        return {"elements": list(zs), "totaldegree": int(self.totaldegree), "E0": [float(x) for x in self.E0_]}
 
     def set_plan(self, plan: dict) -> "ACEModel":
         """Take a :meth:`fit_plan` result computed elsewhere (a shard)."""
-        self._build_basis(tuple(int(z) for z in plan["elements"]))
+        zs = tuple(int(z) for z in plan["elements"])
+        self.totaldegree = int(plan.get("totaldegree") or self.totaldegree or default_totaldegree(zs))
+        self._build_basis(zs)
         self.E0_ = np.asarray(plan["E0"], float)
         return self
 

@@ -20,10 +20,17 @@ class ACEModelCalculator(Calculator):
     JAX calculator; ``"auto"`` (default; ``$MOIRE_AL_ACE_EVALUATOR`` overrides) the
     kernel when it compiles here, else JAX. Both keep the neighbour list with a
     Verlet skin and agree to ~1e-8 eV/Å. ``self.evaluator`` says which one ran.
+
+    Per-atom ``energies`` and ``virials`` (for heat currents; ``committee=False``, the
+    kernel, a model without D3: D3's per-atom split is not available) come from
+    :class:`~moire_al.models.fast.FastACECalculator`. With the kernel the stress is
+    always kept (it costs nothing there), so an MD step asking for it after the
+    forces does not evaluate the model twice.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress",
-                              "energy_std", "forces_std", "rel_force_unc"]
+                              "energy_std", "forces_std", "rel_force_unc", "energies", "virials"]
+    PER_ATOM = ("energies", "virials")
 
     def __init__(self, model, committee: bool = True, evaluator: str | None = None, **kwargs):
         super().__init__(**kwargs)
@@ -62,12 +69,25 @@ class ACEModelCalculator(Calculator):
     def _calculate_mean(self, properties):
         from .validation import validate_unlabelled
 
+        from moire_al.errors import ModelError
+
         m = self.ace_model
         validate_unlabelled(self.atoms, self.atoms.get_chemical_formula(), m.elements_)
-        want_stress = "stress" in properties and self.atoms.pbc.all()
+        per_atom = [p for p in self.PER_ATOM if p in properties]
+        if per_atom and m.d3:
+            raise ModelError(f"{', '.join(per_atom)} (per-atom, for heat currents) need a model without D3 "
+                             "(this model adds D3, whose per-atom split is not available)")
         nat = self._native()
+        want_stress = self.atoms.pbc.all() and ("stress" in properties or self.evaluator == "kernel")
+        if per_atom and self.evaluator != "kernel":
+            raise ModelError(f"{', '.join(per_atom)} (per-atom, for heat currents) need the C++ kernel "
+                             f"(evaluator here: {self.evaluator})")
         at = self.atoms.copy()
         at.calc = nat
+        if per_atom:
+            nat.get_property("virials", at)
+            self.results.update(energies=nat.results["energies"].copy(),
+                                virials=nat.results["virials"].copy())
         e = at.get_potential_energy()
         f = at.get_forces().copy()
         s = at.get_stress().copy() if want_stress else None

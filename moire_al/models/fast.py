@@ -14,7 +14,13 @@ indices. It has no notion of a cell, so this module supplies what LAMMPS would:
   ``-(1/V) Σ_a f_a ⊗ x_a`` over owned and ghost atoms, which is exact because the
   energy depends on the cell only through the ghost positions;
 * two atoms closer than the kernel's radial table (0.5 Å) raise :class:`ModelError`
-  naming them: a structure the model has collapsed.
+  naming them: a structure the model has collapsed;
+* per-atom virials for heat currents (``virials``, on request): the kernel takes a
+  weight per site and returns ``f = -Σ_i w_i ∇e_i``; with ``w_i = x_i,a`` (one call
+  per Cartesian a) ``W_k[a] = x_k,a F_k − f_k^(a) = −Σ_i (x_k − x_i)_a ∂e_i/∂x_k``
+  for every owned or ghost atom k, the per-edge form of a site-energy potential's
+  virial (the pair gradients themselves never leave the kernel). Ghosts fold onto
+  their owners; Σ_k W_k = −V σ.
 
 The kernel is compiled on first use with the machine's C++ compiler (cached by
 ace-jax); :func:`available` says whether that works. :class:`FastACECalculator` is
@@ -133,7 +139,7 @@ class FastACECalculator(Calculator):
     ``last_stats`` holds the call count and neighbour-list rebuilds.
     """
 
-    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress", "virials"]
 
     def __init__(self, ace_model, skin: float = 1.0, **kwargs):
         super().__init__(**kwargs)
@@ -158,13 +164,13 @@ class FastACECalculator(Calculator):
 
             raise ModelError(f"element {chemical_symbols[int(exc.args[0])]} is not in the model") from None
 
-    def _kernel(self, x, z, nbr, count):
+    def _kernel(self, x, z, nbr, count, w=None):
         import jax
         import jax.numpy as jnp
 
         from ace_jax.eval import ffi
 
-        w = jnp.ones(len(x), jnp.float64)
+        w = jnp.ones(len(x), jnp.float64) if w is None else jnp.asarray(w, jnp.float64)
         out = (jax.ShapeDtypeStruct((len(x),), jnp.float64), jax.ShapeDtypeStruct((len(x), 3), jnp.float64))
         e, f = jax.ffi.ffi_call(ffi.TARGET, out)(
             jnp.asarray(x), jnp.asarray(z), jnp.asarray(nbr), jnp.asarray(count), w, *self._consts,
@@ -211,6 +217,17 @@ class FastACECalculator(Calculator):
         energies = e[: gl.n]
         self.results.update(energy=float(energies.sum()), free_energy=float(energies.sum()),
                             energies=energies.copy(), forces=forces)
+        if "virials" in properties:
+            # per-atom virials W_k = x_k ⊗ F_k − [f^(a)_k]_a, f^(a) the kernel's output with
+            # site weights x_a (coordinates about the centroid: less cancellation)
+            xc = x - x[: gl.n].mean(axis=0)
+            W = np.empty((len(x), 3, 3))
+            for a in range(3):
+                _, fa = self._kernel(x, self._species_ext, gl.nbr, gl.count, xc[:, a])
+                W[:, a, :] = xc[:, a, None] * f - fa
+            virials = np.zeros((gl.n, 3, 3))
+            np.add.at(virials, gl.owner, W)
+            self.results["virials"] = virials
         if at.pbc.all():  # the virial costs one pass over the atoms: always computed
             W = -np.einsum("ai,aj->ij", f, x)
             W = 0.5 * (W + W.T) / at.get_volume()

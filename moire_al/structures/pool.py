@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from moire_al.conventions import structure_hash
 from moire_al.errors import StructureError
 from moire_al.structures.lattice import bond_length, finalize, material_info, monolayer, multilayer
 from moire_al.structures.local import (
@@ -274,3 +275,49 @@ def _separations(material, recipe, seed, rng):
         extra = {"interlayer_distance": d, "rattle_std": std}
         out.append(_tag(at, material, seed, "separation", len(out), "binding_curve", extra))
     return out
+
+
+# ------------------------------------------------------------------ pools from a file
+
+#: info keys of a label (and its provenance) that a pool structure must not carry
+_LABEL_INFO = ("REF_", "label_")
+
+
+def pool_from_file(path, layers=None) -> list:
+    """Candidates read from a (labelled) structure file, labels stripped.
+
+    Each keeps its provenance (``pool_family``, ``hash`` …); ``layers`` keeps only
+    structures with that many layers (e.g. ``[1, 2, 3]`` leaves out the quad/penta
+    out-of-distribution split). Bad frames raise :class:`StructureError` naming them.
+    """
+    from moire_al.structures.io import read_structures
+
+    out = []
+    for at in read_structures(path):
+        at = at.copy()
+        for key in [k for k in at.info if k.startswith(_LABEL_INFO)]:
+            del at.info[key]
+        for key in [k for k in at.arrays if k.startswith("REF_")]:
+            del at.arrays[key]
+        at.calc = None
+        if "layer" in at.arrays:
+            at.info["n_layers"] = int(len(np.unique(at.arrays["layer"])))
+        at.info.setdefault("pool_family", "file")
+        if layers is not None and int(at.info.get("n_layers", 0)) not in {int(n) for n in layers}:
+            continue
+        at.info["hash"] = structure_hash(at)
+        out.append(at)
+    if not out:
+        raise StructureError(f"{path}: no structures left for the pool"
+                             + (f" with {list(layers)} layers" if layers is not None else ""))
+    return out
+
+
+def fixed_test_split(hashes, n_test: int) -> list:
+    """A held-out split that depends only on the structures, never on a loop's seed or on
+    the file's order: the ``n_test`` hashes first in sha256 order. Every loop (and every
+    benchmark) on the same file tests on the same structures."""
+    import hashlib
+
+    order = sorted(dict.fromkeys(hashes), key=lambda h: hashlib.sha256(f"test:{h}".encode()).hexdigest())
+    return order[:max(int(n_test), 0)]

@@ -59,6 +59,12 @@ READY_LOOPS = {
     "hbn_hyperactive_cp2k": LoopSettings(
         material="hbn", labeller="cp2k", name="hyperactive hBN (CP2K PBE+D3(BJ))",
         labeller_settings={}, max_rounds=20),
+    # the committed CP2K set as the pool, its labels replayed: learning on DFT at the cost of the fits
+    "graphene_dft_replay": LoopSettings(
+        material="graphene", pool={"file": "data/dft/graphene.extxyz", "layers": [1, 2, 3]},
+        labeller="dataset", labeller_settings={"path": "data/dft/graphene.extxyz"},
+        model={}, n_initial=10, n_test=25, batch_size=10, max_rounds=6,
+        name="hyperactive graphene (replayed CP2K labels)"),
 }
 
 

@@ -41,10 +41,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-l", "--launchpad", default=None)
     p.set_defaults(func=_cmd_suite)
 
+    p = sub.add_parser("md", help="add MD runs of a structure at several temperatures, then D(T) "
+                       "(category 'analysis'; `moire-al analyse md` runs one here and now)")
+    p.add_argument("structure", help="structure file (extxyz); stored in the job database")
+    p.add_argument("--model", default="reference", help="model id in the store (default: the reference potential)")
+    p.add_argument("--material", default=None, choices=("graphene", "hbn"))
+    p.add_argument("--temperatures", default="300", help="comma-separated K (default 300)")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="an md_analysis option (JSON value), e.g. --set ensemble=\"nve\" --set kappa_runs=3")
+    p.add_argument("-l", "--launchpad", default=None)
+    p.set_defaults(func=_cmd_md)
+
     p = sub.add_parser("demo", help="the main job: a small real hyperactive loop through FireWorks")
     p.add_argument("--material", default="graphene", choices=("graphene", "hbn"))
-    p.add_argument("--labeller", default="reference", choices=("reference", "cp2k", "gpaw"),
-                   help="reference potential (minutes) or a real DFT code (hours)")
+    p.add_argument("--labeller", default="dataset", choices=("dataset", "cp2k", "reference"),
+                   help="dataset: the committed CP2K labels replayed (minutes, the default); cp2k: the same "
+                        "loop with CP2K computing its labels live (hours); reference: the classical baseline")
     p.add_argument("--rounds", type=int, default=4, help="max rounds (fits)")
     p.add_argument("--batch", type=int, default=10, help="structures added per round")
     p.add_argument("--workers", type=int, default=1, help="rlaunch worker processes")
@@ -151,6 +164,31 @@ def _cmd_suite(args) -> int:
     ids = lp.add_wf(wf)
     print(f"added '{wf.name}': {len(ids)} analysis fireworks; run `rlaunch -l launchpad.yaml "
           "-w fworkers/analysis.yaml rapidfire`")
+    return 0
+
+
+def _cmd_md(args) -> int:
+    from moire_al.analysis.common import material_of
+    from moire_al.config import ensure_initialized, get_launchpad
+    from moire_al.errors import MoireALError
+    from moire_al.store.mongo import Store
+    from moire_al.structures import read_structures
+    from moire_al.workflows.analysis import check_md_options, md_workflow
+
+    atoms = read_structures(args.structure)[0]
+    try:
+        temps = [float(t) for t in args.temperatures.split(",") if t.strip()]
+    except ValueError:
+        raise MoireALError(f"--temperatures {args.temperatures!r}: expected comma-separated kelvin") from None
+    material = material_of(atoms, args.material)
+    options = check_md_options(_parse_sets(args.set))
+    lp = get_launchpad(args.launchpad)
+    ensure_initialized(lp)
+    (h,) = Store.from_launchpad(lp).put_structures([atoms])
+    wf = md_workflow(h, material, args.model, temps, args.steps, options)
+    ids = lp.add_wf(wf)
+    print(f"added '{wf.name}': {len(ids)} fireworks ({len(temps)} MD runs + D(T)); run `rlaunch -l "
+          "launchpad.yaml -w fworkers/analysis.yaml rapidfire`")
     return 0
 
 

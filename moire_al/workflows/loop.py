@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from moire_al.conventions import label_key
+from moire_al.labelling.base import key_of
 from moire_al.errors import LabelError, MoireALError
 from moire_al.store.mongo import Store, utcnow
 from moire_al.workflows.settings import LoopSettings
@@ -77,10 +77,54 @@ def force_errors(model, atoms_list) -> dict:
     }
 
 
+def labels_include_d3(settings: LoopSettings) -> bool:
+    """Whether the loop's labels hold D3(BJ) (DFT, or replayed DFT): then the model adds
+    D3 and fits the rest; the reference potential's interlayer terms already bind."""
+    if settings.labeller == "dataset":
+        from moire_al.labelling import get_labeller
+
+        return get_labeller(settings.labeller, settings.labeller_settings).d3_included
+    return settings.labeller != "reference"
+
+
+def labels_description(settings: LoopSettings) -> str:
+    """What the loop's labels are, in words for tables and reports (never calls a replayed
+    or classical label DFT run here)."""
+    name = settings.labeller
+    if name == "reference":
+        return "reference potential (KC-full+REBO / ILP+Tersoff in LAMMPS; a classical baseline, not DFT)"
+    if name == "dataset":
+        import os
+
+        import ase.io
+
+        from moire_al.config import resolve_data_path
+
+        path = resolve_data_path(settings.labeller_settings.get("path", ""))
+        try:
+            first = ase.io.read(path, 0, format="extxyz")
+            source = str(first.info.get("REF_labeller", "unknown")).upper()
+        except Exception:  # noqa: BLE001 - a description must not fail a table
+            source = "stored"
+        return f"replayed {source} labels from {os.path.basename(path)} (computed earlier, not in this run)"
+    return {"cp2k": "CP2K PBE+D3(BJ), computed in this run",
+            "gpaw": "GPAW PBE+D3(BJ), computed in this run"}.get(name, name)
+
+
 def model_params(settings: LoopSettings) -> dict:
-    """ACEModel hyperparameters of a loop. D3 is added to the model only for DFT
-    labels: the reference potential's interlayer terms already hold the binding."""
-    return {"seed": settings.seed, "d3": settings.labeller != "reference", **settings.model}
+    """ACEModel hyperparameters of a loop (D3 follows the labels, :func:`labels_include_d3`)."""
+    return {"seed": settings.seed, "d3": labels_include_d3(settings), **settings.model}
+
+
+def make_candidates(settings: LoopSettings) -> list:
+    """The loop's candidate pool: generated from its recipe, or read from a file."""
+    from moire_al.structures.pool import make_pool, pool_from_file
+
+    if settings.pool_file is not None:
+        from moire_al.config import resolve_data_path
+
+        return pool_from_file(resolve_data_path(settings.pool_file), settings.pool.get("layers"))
+    return make_pool(settings.material, settings.pool_recipe(), seed=settings.seed)
 
 
 # ------------------------------------------------------------------ steps
@@ -91,7 +135,7 @@ def init_loop(store: Store, settings: LoopSettings, loop_id: str) -> dict:
 
     Idempotent: a rerun finds the pool and the choice already stored.
     """
-    from moire_al.structures.pool import make_pool
+    from moire_al.structures.pool import fixed_test_split
 
     existing = store.member_hashes(loop_id)
     if existing:
@@ -99,10 +143,15 @@ def init_loop(store: Store, settings: LoopSettings, loop_id: str) -> dict:
         test = store.member_hashes(loop_id, role="test")
         return {"initial": initial, "test": test, "n_pool": len(existing)}
     store.put_loop(loop_id, settings.as_dict())
-    pool = make_pool(settings.material, settings.pool_recipe(), seed=settings.seed)
+    pool = make_candidates(settings)
     hashes = store.put_structures(pool)
     hashes = list(dict.fromkeys(hashes))  # identical candidates count once
-    initial, test = split_initial(hashes, settings.n_initial, settings.n_test, settings.seed)
+    if settings.pool_file is not None:  # a fixed held-out split, the same for every loop on the file
+        test = fixed_test_split(hashes, min(settings.n_test, max(len(hashes) - settings.n_initial, 0)))
+        initial, _ = split_initial([h for h in hashes if h not in set(test)], settings.n_initial, 0,
+                                   settings.seed)
+    else:
+        initial, test = split_initial(hashes, settings.n_initial, settings.n_test, settings.seed)
     test_set = set(test)
     store.add_members(loop_id, test, role="test")
     store.add_members(loop_id, [h for h in hashes if h not in test_set], role="pool")
@@ -125,7 +174,7 @@ def label_structures(store: Store, loop_id: str, round_: int, hashes: list[str],
     labeller = get_labeller(labeller_name, labeller_settings)
     done, skipped, failed = [], [], []
     for h, atoms in zip(hashes, store.get_structures(hashes)):
-        key = label_key(atoms, labeller.name, labeller.settings)
+        key = key_of(labeller, atoms)
         if store.get_label(key) is not None:
             skipped.append(h)
             continue
@@ -158,7 +207,7 @@ def _training_and_test(store: Store, settings: LoopSettings, loop_id: str, round
 
     def labelled(hashes):
         atoms = store.get_structures(hashes)
-        keys = [label_key(a, labeller.name, labeller.settings) for a in atoms]
+        keys = [key_of(labeller, a) for a in atoms]
         return store.labelled_atoms(hashes, keys)
 
     train, missing = labelled(store.member_hashes(loop_id, role="pool", selected=True, upto_round=round_))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from moire_al.errors import MoireALError
 from moire_al.store.mongo import Store
 
 TERMINAL_RUN = ("COMPLETED", "RUNNING", "FIZZLED", "RESERVED")
@@ -33,6 +34,13 @@ def status_table(store: Store, loop_id: str) -> str:
     params = loop.get("params", {})
     head = (f"loop {loop_id}  material {params.get('material', '?')}  labeller {params.get('labeller', '?')}  "
             f"state {loop.get('state', '?')}" + (f" ({loop['stop_reason']})" if loop.get("stop_reason") else ""))
+    try:
+        from moire_al.workflows.loop import labels_description
+        from moire_al.workflows.settings import LoopSettings
+
+        head += "\nlabels: " + labels_description(LoopSettings.from_dict(params))
+    except MoireALError:
+        pass  # a loop stored by another version: the table without the line
     cols = ["round", "n_train", "new", "failed", "E meV/at", "F eV/Å", "max σF", "med σF", "next", "time s"]
     rows = []
     for d in store.get_rounds(loop_id):

@@ -13,7 +13,9 @@ from dataclasses import asdict, dataclass, field, fields
 from moire_al.errors import MoireALError
 
 MATERIALS = ("graphene", "hbn")
-LABELLERS = ("reference", "cp2k", "gpaw")
+LABELLERS = ("reference", "cp2k", "gpaw", "dataset")
+#: keys of a pool read from a labelled file: ``{"file": path, "layers": [1, 2, 3]}``
+POOL_FILE_KEYS = ("file", "layers")
 CRITERIA = ("rel_force_unc", "max_force_std")
 
 
@@ -24,7 +26,7 @@ class SettingsError(MoireALError, ValueError):
 @dataclass
 class LoopSettings:
     material: str = "graphene"
-    pool: dict | str = "small"          # a PoolRecipe dict, or "small" / "paper"
+    pool: dict | str = "small"          # a PoolRecipe dict, "small" / "paper", or {"file": path}
     labeller: str = "reference"
     labeller_settings: dict = field(default_factory=dict)
     model: dict = field(default_factory=dict)   # ACEModel hyperparameters (committee_size etc.)
@@ -55,6 +57,16 @@ class LoopSettings:
             bad("pool", "must be 'small', 'paper' or a PoolRecipe mapping")
         if isinstance(self.pool, str) and self.pool not in ("small", "paper"):
             bad("pool", f"{self.pool!r} is not 'small', 'paper' or a PoolRecipe mapping")
+        if self.pool_file is not None:
+            extra = sorted(set(self.pool) - set(POOL_FILE_KEYS))
+            if extra:
+                bad("pool", f"a pool from a file takes only {POOL_FILE_KEYS}, not {extra}")
+            if not isinstance(self.pool["file"], str) or not self.pool["file"]:
+                bad("pool", "'file' must be the path of a structure file")
+            layers = self.pool.get("layers")
+            if layers is not None and (not isinstance(layers, list) or not layers or not all(
+                    isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in layers)):
+                bad("pool", f"'layers' must be a list of layer counts, got {layers!r}")
         for name in ("n_initial", "batch_size", "max_rounds", "chunk_size"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -80,6 +92,11 @@ class LoopSettings:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def pool_file(self) -> str | None:
+        """The structure file the pool is read from, or None for a generated pool."""
+        return self.pool.get("file") if isinstance(self.pool, dict) and "file" in self.pool else None
 
     def pool_recipe(self):
         from moire_al.structures.pool import PoolRecipe
