@@ -58,7 +58,7 @@ DEFAULTS = {
     "kpts": None,            # explicit mesh instead of kspacing
     "smearing": 0.05,        # eV, Fermi-Dirac width
     "xc": "PBE",
-    "d3": True,              # add D3(BJ) from the dftd3 package
+    "d3": True,              # add two-body D3(BJ) (moire_al.models.d3)
     "maxiter": 300,
     "mixer": {"name": "pulay", "beta": 0.05, "nmaxold": 5, "weight": 50.0},
     "scf_energy": 1e-6,      # eV per valence electron

@@ -350,8 +350,9 @@ def kernel_results(atoms, name: str = "", cutoff: float = DISP_CUTOFF, cn_cutoff
 
 
 def _voigt(s):
-    s = 0.5 * (s + s.T)
-    return np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
+    from ase.stress import full_3x3_to_voigt_6_stress     # xx yy zz, off-diagonals averaged
+
+    return full_3x3_to_voigt_6_stress(np.asarray(s, float))
 
 
 def dftd3_results(atoms, name: str = "", cutoffs=None, method: str = "pbe"):
