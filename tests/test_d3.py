@@ -8,7 +8,7 @@ from ase.units import Bohr
 from moire_al.models import d3
 from moire_al.models import synthetic as S
 
-LIBRARY_CUTOFFS = {"cutoff": 60 * Bohr, "cn_cutoff": 40 * Bohr}   # dftd3's own
+LIBRARY_CUTOFFS = {"cutoff": 60 * Bohr, "cn_cutoff": 40 * Bohr, "chain_cutoff": 40 * Bohr}   # dftd3's own
 
 
 def _pairs():

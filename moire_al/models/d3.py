@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 #: cutoff is worse: 5e-4 at 15 Å), at ~60 % of the pairs.
 DISP_CUTOFF = 25.0
 CN_CUTOFF = 40 * 0.52917721090380
+#: Pairs farther than this (Å) count in the CN but not in its chain rule (dCN/dr < 1e-6 /Å):
+#: the CN *values* need the long cutoff (C6 shifts all pairs), their gradient does not.
+CHAIN_CUTOFF = 10.0
 #: Two-body D3(BJ) (no Axilrod-Teller-Muto three-body term), as VASP's IVDW = 12 and
 #: CP2K's default DFTD3(BJ) compute it: D3 subtracted from those labels must match it.
 D3_SETTINGS = {"method": "PBE", "damping": "d3bj", "three_body": False}
@@ -249,10 +252,11 @@ class D3Evaluator:
     """
 
     def __init__(self, cutoff: float = DISP_CUTOFF, cn_cutoff: float = CN_CUTOFF, skin: float = 1.0,
-                 method: str = "pbe"):
+                 method: str = "pbe", chain_cutoff: float = CHAIN_CUTOFF):
         from . import native
 
         self.cutoff, self.cn_cutoff, self.skin = float(cutoff), float(cn_cutoff), float(skin)
+        self.chain_cutoff = min(float(chain_cutoff), self.cn_cutoff)
         try:
             self.params = _bj_params(method)
         except KeyError:
@@ -283,6 +287,7 @@ class D3Evaluator:
         pbc = np.asarray(atoms.pbc, np.int32)
         status = ctypes.c_int(0)
         ptr = self._lib.d3_list_new(ctypes.c_int(len(atoms)), _dptr(x), _dptr(cell), _iptr(pbc),
+                                    ctypes.c_double((self.chain_cutoff + self.skin) / Bohr),
                                     ctypes.c_double((self.cn_cutoff + self.skin) / Bohr),
                                     ctypes.c_double((self.cutoff + self.skin) / Bohr), ctypes.byref(status))
         if not ptr:
@@ -323,7 +328,7 @@ class D3Evaluator:
             ctypes.c_int(d["maxref"]), _iptr(d["nref"]), _dptr(d["refcn"]), _dptr(d["c6"]), _dptr(d["r4r2"]),
             _dptr(d["rcov"]), ctypes.c_double(p["s6"]), ctypes.c_double(p["s8"]), ctypes.c_double(p["a1"]),
             ctypes.c_double(p["a2"]), ctypes.c_double(self.cutoff / Bohr), ctypes.c_double(self.cn_cutoff / Bohr),
-            _dptr(en), _dptr(grad), _dptr(sig), _dptr(cn))
+            ctypes.c_double(self.chain_cutoff / Bohr), _dptr(en), _dptr(grad), _dptr(sig), _dptr(cn))
         if rc:
             _fail(rc, name)
         self.last_stats["calls"] += 1
@@ -343,10 +348,10 @@ def _fail(status, name):
 
 
 def kernel_results(atoms, name: str = "", cutoff: float = DISP_CUTOFF, cn_cutoff: float = CN_CUTOFF,
-                   method: str = "pbe"):
+                   method: str = "pbe", chain_cutoff: float = CHAIN_CUTOFF):
     """(energy, forces, stress or None) from the compiled kernel with the given cutoffs (Å),
     building a fresh pair list (no skin)."""
-    return D3Evaluator(cutoff, cn_cutoff, skin=0.0, method=method).results(atoms, name)
+    return D3Evaluator(cutoff, cn_cutoff, skin=0.0, method=method, chain_cutoff=chain_cutoff).results(atoms, name)
 
 
 def _voigt(s):

@@ -58,16 +58,17 @@ struct PairList {
   int n = 0;
   std::vector<int> pi, pj, ps;          // pairs: i, j, index of the lattice shift
   std::vector<int> shifts;              // (nshift, 3) integer lattice shifts
+  size_t nchain = 0;                    // pairs [0, nchain) were within the chain-rule cutoff
   size_t nshort = 0;                    // pairs [0, nshort) were within the short cutoff
 };
 
 extern "C" {
 
-// Build the pair list of all pairs closer than rc_long (the first nshort closer than rc_short).
-// x (n,3) positions, cell (3,3) rows, pbc (3,). Returns nullptr for a singular periodic cell;
-// *status = 2 when two atoms coincide.
-void* d3_list_new(int n, const double* x, const double* cell, const int* pbc, double rc_short,
-                  double rc_long, int* status) {
+// Build the pair list of all pairs closer than rc_long: first the nchain closer than rc_chain,
+// then up to nshort closer than rc_short, then the rest. x (n,3) positions, cell (3,3) rows,
+// pbc (3,). Returns nullptr for a singular periodic cell; *status = 2 when two atoms coincide.
+void* d3_list_new(int n, const double* x, const double* cell, const int* pbc, double rc_chain,
+                  double rc_short, double rc_long, int* status) {
   *status = 0;
   const double rc = std::max(rc_short, rc_long);
   struct G { double x, y, z; int owner, key, s0, s1, s2; };
@@ -158,6 +159,8 @@ void* d3_list_new(int n, const double* x, const double* cell, const int* pbc, do
   L->n = n;
   std::vector<int> li, lj, lg;     // long pairs (ghost index) before the shift table
   std::vector<int> si_, sj_, sg_;  // short pairs
+  std::vector<int> ci_, cj_, cg_;  // chain-rule pairs
+  const double rch2 = rc_chain * rc_chain;
   li.reserve((size_t)n * 256); lj.reserve((size_t)n * 256); lg.reserve((size_t)n * 256);
   for (int i = 0; i < n; ++i) {
     const int h = home[i];
@@ -187,7 +190,8 @@ void* d3_list_new(int n, const double* x, const double* cell, const int* pbc, do
             double r2 = dx * dx + dy * dy + dz * dz;
             if (r2 >= rc2) continue;
             if (r2 < 1e-12) { *status = 2; delete L; return nullptr; }
-            if (r2 < rs2) { si_.push_back(i); sj_.push_back(o); sg_.push_back(gsh[g]); }
+            if (r2 < rch2) { ci_.push_back(i); cj_.push_back(o); cg_.push_back(gsh[g]); }
+            else if (r2 < rs2) { si_.push_back(i); sj_.push_back(o); sg_.push_back(gsh[g]); }
             else { li.push_back(i); lj.push_back(o); lg.push_back(gsh[g]); }
           }
         }
@@ -210,10 +214,16 @@ void* d3_list_new(int n, const double* x, const double* cell, const int* pbc, do
     idx.emplace(key, k);
     return k;
   };
-  const size_t ns_ = si_.size(), nl_ = li.size();
+  const size_t nc_ = ci_.size(), ns_ = nc_ + si_.size(), nl_ = li.size();
   L->pi.resize(ns_ + nl_); L->pj.resize(ns_ + nl_); L->ps.resize(ns_ + nl_);
-  for (size_t p = 0; p < ns_; ++p) { L->pi[p] = si_[p]; L->pj[p] = sj_[p]; L->ps[p] = shift_of(si_[p], sj_[p], sg_[p]); }
-  for (size_t p = 0; p < nl_; ++p) { L->pi[ns_ + p] = li[p]; L->pj[ns_ + p] = lj[p]; L->ps[ns_ + p] = shift_of(li[p], lj[p], lg[p]); }
+  size_t q = 0;
+  auto put = [&](const std::vector<int>& a, const std::vector<int>& b, const std::vector<int>& g) {
+    for (size_t p = 0; p < a.size(); ++p, ++q) { L->pi[q] = a[p]; L->pj[q] = b[p]; L->ps[q] = shift_of(a[p], b[p], g[p]); }
+  };
+  put(ci_, cj_, cg_);
+  put(si_, sj_, sg_);
+  put(li, lj, lg);
+  L->nchain = nc_;
   L->nshort = ns_;
   return L;
 }
@@ -226,13 +236,15 @@ long long d3_list_size(void* list) { return (long long)static_cast<PairList*>(li
 //  x (n,3) current positions, cell (3,3) current cell rows; sp (n,) species index in [0, ns)
 //  nref (ns,), refcn (ns, maxref), c6ref (ns, ns, maxref, maxref), r4r2 (ns,): C8 = 3 C6 r4r2_i r4r2_j
 //  rcov (ns,) covalent radii of the counting function; s6, s8, a1, a2 BJ parameters;
-//  rc_disp, rc_cn cutoffs (rc_cn must not exceed the list's short cutoff).
+//  rc_disp, rc_cn cutoffs (rc_cn must not exceed the list's short cutoff); rc_chain: pairs
+//  farther than this add to the CN but not to its chain rule (dCN/dr ~ 1e-6 / Å there).
 //  Out: energies (n,) (half of each pair to each atom), grad (n,3), sigma (3,3) = sum over
 //  pairs of dE/dr_ij (x) r_ij, cn (n,).
 int d3_eval(void* list, const double* x, const double* cell, const int* sp, int ns, int maxref,
             const int* nref, const double* refcn, const double* c6ref, const double* r4r2,
             const double* rcov, double s6, double s8, double a1, double a2, double rc_disp,
-            double rc_cn, double* energies, double* grad, double* sigma, double* cn_out) {
+            double rc_cn, double rc_chain, double* energies, double* grad, double* sigma,
+            double* cn_out) {
   const PairList& L = *static_cast<PairList*>(list);
   const int n = L.n;
   const size_t npair = L.pi.size(), nshort = L.nshort;
@@ -262,7 +274,7 @@ int d3_eval(void* list, const double* x, const double* cell, const int* sp, int 
     const double rco = rcov[sp[L.pi[p]]] + rcov[sp[L.pj[p]]];
     const double e = std::exp(-KCN * (rco / r - 1.0));
     const double f = 1.0 / (1.0 + e);
-    dcn[p] = -KCN * rco / (r2 * r) * e * f * f;
+    dcn[p] = r < rc_chain ? -KCN * rco / (r2 * r) * e * f * f : 0.0;
     cn[L.pi[p]] += f;
     cn[L.pj[p]] += f;
   }
@@ -361,7 +373,8 @@ int d3_eval(void* list, const double* x, const double* cell, const int* sp, int 
     dedcn[j] -= dc6j * h;
     tally(i, j, -c6 * dh, dx, dy, dz);
   }
-  for (size_t p = 0; p < nshort; ++p) {
+  const size_t nchain = L.nchain;
+  for (size_t p = 0; p < nchain; ++p) {
     if (dcn[p] == 0.0) continue;
     double dx, dy, dz;
     dvec(p, dx, dy, dz);
