@@ -339,8 +339,10 @@ class ACEModel:
         return self.coef_[:, None]
 
     def predict_one(self, atoms, name: str = "", committee: bool = True, stress: bool = True,
-                    d3: bool | None = None) -> dict:
-        """Prediction for one structure (see :meth:`predict`)."""
+                    d3: bool | None = None, members: bool = False) -> dict:
+        """Prediction for one structure (see :meth:`predict`). ``members=True`` also
+        returns the committee members' ``energy_members`` (K,) eV and
+        ``forces_members`` (K, N, 3) eV/Å (ACE + E0, without D3: D3 is the same for all)."""
         self._check_fitted()
         validate_unlabelled(atoms, name, self.elements_)
         C = self._coefficient_matrix(committee)
@@ -366,6 +368,8 @@ class ACEModel:
             out.update(energy_std=float(np.std(Ek)), forces_std=fstd, rel_force_unc=rel,
                        max_force_std=float(fstd.max(initial=0.0)),
                        max_rel_force_unc=float(rel.max(initial=0.0)))
+            if members:
+                out.update(energy_members=np.asarray(Ek, float) + e0, forces_members=np.asarray(Fk, float))
             if S is not None:
                 out["stress_std"] = np.std(S[1:], axis=0)
         return out

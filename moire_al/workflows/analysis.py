@@ -23,6 +23,7 @@ from fireworks import Firework, FiretaskBase, FWAction, Workflow, explicit_seria
 
 from moire_al.conventions import plain
 from moire_al.store.mongo import Store, utcnow
+from moire_al.workflows.tasks import _store
 
 SUITE_STEPS = ("moire", "binding", "stress_strain", "phonons_monolayer", "phonons_ab", "phonons_twisted",
                "neb_vacancy", "defects", "moire_sweep")
@@ -55,12 +56,7 @@ class AnalysisTask(FiretaskBase):
         name = self["analysis"]
         if name not in SUITE_STEPS:
             raise MoireALError(f"unknown analysis {name!r}; known: {', '.join(SUITE_STEPS)}")
-        lp = getattr(self, "launchpad", None)
-        if lp is None:
-            from moire_al.config import get_launchpad
-
-            lp = get_launchpad()
-        store = Store.from_launchpad(lp)
+        store = _store(self)
         model_id = self.get("model_id")
         calc, calc_name = model_calculator(store, model_id, self["material"], os.getcwd())
         out = run_suite(self["material"], calc, calc_name, os.getcwd(), quick=bool(self.get("quick")),
@@ -84,15 +80,6 @@ def analysis_workflow(material: str, model_id: str | None = None, analyses=None,
            for i, a in enumerate(analyses)]
     return Workflow(fws, name=f"analysis suite {material} ({model_id or 'reference'})",
                     metadata={"moire_al": "analysis_suite", "material": material})
-
-
-def _store(task) -> Store:
-    lp = getattr(task, "launchpad", None)
-    if lp is None:
-        from moire_al.config import get_launchpad
-
-        lp = get_launchpad()
-    return Store.from_launchpad(lp)
 
 
 @explicit_serialize
@@ -181,3 +168,113 @@ def md_workflow(structure_hash: str, material: str, model_id: str | None = None,
                        fw_id=-(len(fws) + 1), parents=fws, spec=dict(spec, _allow_fizzled_parents=True))
     return Workflow(fws + [summary], name=f"md {material} {structure_hash[:10]} ({mid})",
                     metadata={"moire_al": "md", "material": material, "series": series})
+
+
+# ------------------------------------------------------------------ polarization sweep
+POLARIZATION_OPTIONS = {"model", "method", "n_moments", "probe_radius", "min_width", "height"}
+
+
+def _polarization_options(options: dict | None) -> dict:
+    """Spec options (plain JSON) → keyword arguments of the polarization analysis."""
+    from moire_al.analysis.tightbinding import SlaterKoster
+    from moire_al.errors import MoireALError
+
+    opts = dict(options or {})
+    unknown = set(opts) - POLARIZATION_OPTIONS
+    if unknown:
+        raise MoireALError(f"unknown polarization option(s) {', '.join(sorted(unknown))}; "
+                           f"known: {', '.join(sorted(POLARIZATION_OPTIONS))}")
+    if "model" in opts:
+        try:
+            opts["model"] = SlaterKoster(**opts["model"])
+        except TypeError as exc:
+            raise MoireALError(f"polarization option 'model': {exc}") from exc
+    return opts
+
+
+@explicit_serialize
+class PolarizationTask(FiretaskBase):
+    """One angle of the polarization sweep (seed 000 Fig. 4c): relax the r = 1 cell ``m``
+    with a stored model (or the reference potential), evaluate relaxed and rigid, store
+    the point in ``analyses`` (``analysis: "polarization"``, ``sweep_id``)."""
+
+    required_params = ["m", "sweep_id"]
+    optional_params = ["model_id", "options", "fmax", "d"]
+
+    def run_task(self, fw_spec):
+        from moire_al.analysis.polarization import polarization_sweep
+
+        store = _store(self)
+        model_id = self.get("model_id") or "reference"
+        calc, calc_name = model_calculator(store, model_id, "hbn", os.getcwd())
+        res = polarization_sweep("hbn", calc, calc_name, ms=(int(self["m"]),),
+                                 fmax=float(self.get("fmax", 1e-3)), d=float(self.get("d", 3.4)),
+                                 plot_dir=os.getcwd(), **_polarization_options(self.get("options")))
+        point = res["points"][0]
+        doc = {"model_id": model_id, "analysis": "polarization", "material": "hbn",
+               "sweep_id": self["sweep_id"], "m": int(self["m"]), "theta_deg": point["theta_deg"],
+               "calc_name": calc_name, "result": point, "settings": res["settings"],
+               "rigid_d": res["rigid_d"], "error": None, "launch_dir": os.getcwd(),
+               "created": utcnow(), "fw_id": getattr(self, "fw_id", None)}
+        store.db["analyses"].insert_one(plain(doc))
+        return FWAction(stored_data={"analysis": "polarization", "theta_deg": point["theta_deg"],
+                                     "P_max_relaxed": point["relaxed"]["P_max_pC_per_m"]})
+
+
+@explicit_serialize
+class PolarizationSweepPlotTask(FiretaskBase):
+    """After the angles: gather the sweep's points from ``analyses``, draw P_max(θ)
+    relaxed vs rigid and store the whole sweep (``analysis: "polarization_sweep"``).
+    Runs with whatever angles finished (``_allow_fizzled_parents``)."""
+
+    required_params = ["sweep_id"]
+    optional_params = ["model_id"]
+
+    def run_task(self, fw_spec):
+        from moire_al.analysis import plots
+        from moire_al.errors import MoireALError
+
+        store = _store(self)
+        docs = list(store.db["analyses"].find({"analysis": "polarization",
+                                                "sweep_id": self["sweep_id"]}))
+        if not docs:
+            raise MoireALError(f"polarization sweep {self['sweep_id']}: no angle finished")
+        docs.sort(key=lambda d: d["theta_deg"])
+        name = docs[0]["calc_name"]
+        sweep = {"analysis": "polarization_sweep", "calc_name": name, "material": "hbn",
+                 "rigid_d": docs[0].get("rigid_d"), "points": [d["result"] for d in docs],
+                 "settings": docs[0]["settings"]}
+        sweep["plots"] = plots.plot_polarization_sweep({name: sweep}, os.getcwd())
+        store.db["analyses"].insert_one(plain({
+            "model_id": self.get("model_id") or "reference", "analysis": "polarization_sweep",
+            "material": "hbn", "sweep_id": self["sweep_id"], "calc_name": name, "result": sweep,
+            "error": None, "launch_dir": os.getcwd(), "created": utcnow(),
+            "fw_id": getattr(self, "fw_id", None)}))
+        return FWAction(stored_data={"analysis": "polarization_sweep", "n_angles": len(docs)})
+
+
+def polarization_workflow(model_id: str | None = None, ms=None, options: dict | None = None,
+                          fmax: float = 1e-3, d: float = 3.4, sweep_id: str | None = None) -> Workflow:
+    """The polarization sweep of a model (store id; None: reference potential): one
+    Firework per r = 1 cell ``ms`` (default: the seed's angles, 21.8° to 1.08°) and one
+    that gathers them into P_max(θ). ``options``: plain-JSON keyword arguments of
+    :func:`moire_al.analysis.polarization.polarization_analysis` (``model``: a dict of
+    :class:`~moire_al.analysis.tightbinding.SlaterKoster` fields)."""
+    from moire_al.analysis.polarization import SWEEP_MS
+
+    mid = model_id or "reference"
+    ms = tuple(int(m) for m in (ms or SWEEP_MS))
+    sweep_id = sweep_id or uuid.uuid4().hex[:12]
+    _polarization_options(options)  # a bad option fails here, not in a worker
+    spec = {"_category": "analysis", "_add_launchpad_and_fw_id": True,
+            "_moire": {"step": "analysis", "model_id": mid, "sweep_id": sweep_id}}
+    fws = [Firework([PolarizationTask(m=m, sweep_id=sweep_id, model_id=mid, options=options or {},
+                                      fmax=fmax, d=d)],
+                    name=f"polarization m={m} ({mid})", fw_id=-(i + 1), spec=dict(spec))
+           for i, m in enumerate(ms)]
+    gather = Firework([PolarizationSweepPlotTask(sweep_id=sweep_id, model_id=mid)],
+                      name=f"polarization sweep plot ({mid})", fw_id=-(len(fws) + 1),
+                      spec={**spec, "_allow_fizzled_parents": True})
+    return Workflow(fws + [gather], links_dict={fw.fw_id: [gather.fw_id] for fw in fws},
+                    name=f"polarization sweep hbn ({mid})",
+                    metadata={"moire_al": "polarization_sweep", "sweep_id": sweep_id})

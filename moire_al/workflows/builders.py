@@ -13,7 +13,7 @@ import yaml
 from fireworks import Firework, Workflow
 
 from moire_al.workflows.settings import LoopSettings
-from moire_al.workflows.tasks import FitRoundTask, InitLoopTask, LabelTask
+from moire_al.workflows.tasks import ExploreTask, FitRoundTask, InitLoopTask, LabelTask
 
 COMMON_SPEC = {"_add_launchpad_and_fw_id": True}
 
@@ -31,7 +31,9 @@ def round_branch(settings: LoopSettings, loop_id: str, round_: int, hashes: list
     """Label ``hashes`` (one Firework per chunk), then fit round ``round_``.
 
     The fit runs once every label is COMPLETED *or* FIZZLED (``_allow_fizzled_parents``),
-    so one failed DFT run never blocks the round.
+    so one failed DFT run never blocks the round. With ``settings.explore`` a round
+    >= 1 also has an ``explore`` Firework (category ``fit``, beside the labels, a parent
+    of the fit): biased MD with the previous round's model, whose finds the fit scores.
     """
     tag = {"loop_id": loop_id, "round": round_}
     labels = []
@@ -42,11 +44,16 @@ def round_branch(settings: LoopSettings, loop_id: str, round_: int, hashes: list
                        labeller_settings=settings.labeller_settings)],
             name=f"label r{round_} {chunk[0][:8]}" + (f" +{len(chunk) - 1}" if len(chunk) > 1 else ""),
             spec={**COMMON_SPEC, "_category": "dft", "_moire": {**tag, "step": "label"}}))
+    parents = list(labels)
+    if settings.explore and round_ >= 1:
+        parents.append(Firework([ExploreTask(loop_id=loop_id, round=round_, params=settings.as_dict())],
+                                name=f"explore r{round_}",
+                                spec={**COMMON_SPEC, "_category": "fit", "_moire": {**tag, "step": "explore"}}))
     fit = Firework([FitRoundTask(loop_id=loop_id, round=round_, params=settings.as_dict())],
-                   name=f"fit+score r{round_}", parents=labels or None,
+                   name=f"fit+score r{round_}", parents=parents or None,
                    spec={**COMMON_SPEC, "_category": "fit", "_allow_fizzled_parents": True,
                          "_moire": {**tag, "step": "fit"}})
-    return Workflow(labels + [fit], name=f"{loop_id} round {round_}")
+    return Workflow(parents + [fit], name=f"{loop_id} round {round_}")
 
 
 # Ready workflow files in workflows/: name -> settings.
