@@ -45,6 +45,9 @@ class Environment:
     jax_cache: str | None          # MOIRE_AL_JAX_CACHE
     webgui_password: str | None    # MOIRE_AL_WEBGUI_PASSWORD
     labeller_plugins: tuple        # MOIRE_AL_LABELLER_PLUGINS
+    d3_table: str | None           # MOIRE_AL_D3_TABLE
+    d3_backend: str                # MOIRE_AL_D3_BACKEND
+    native_cache: str | None       # MOIRE_AL_NATIVE_CACHE
 
     @classmethod
     def from_environ(cls, environ=None) -> "Environment":
@@ -73,6 +76,9 @@ class Environment:
             jax_cache=get("jax_cache"),
             webgui_password=get("webgui_password"),
             labeller_plugins=tuple(m.strip() for m in (get("labeller_plugins") or "").split(",") if m.strip()),
+            d3_table=get("d3_table"),
+            d3_backend=(get("d3_backend") or "auto").lower(),
+            native_cache=get("native_cache"),
         )
 
 
@@ -92,6 +98,10 @@ VARIABLES = {
     "webgui_password": ("MOIRE_AL_WEBGUI_PASSWORD", "unset", "password of `moire-al webgui --username`"),
     "labeller_plugins": ("MOIRE_AL_LABELLER_PLUGINS", "unset", "comma-separated modules imported before a "
                          "labeller name is looked up; they call `moire_al.labelling.register_labeller`"),
+    "d3_table": ("MOIRE_AL_D3_TABLE", "/usr/share/cp2k/dftd3.dat", "the D3 reference C6 table of the D3 kernel"),
+    "d3_backend": ("MOIRE_AL_D3_BACKEND", "auto", "D3(BJ) backend: auto (the kernel when it builds), kernel "
+                   "or dftd3 (the library)"),
+    "native_cache": ("MOIRE_AL_NATIVE_CACHE", "$MOIRE_AL_DATA/native", "where the C++ kernels are compiled to"),
 }
 assert set(VARIABLES) == {f.name for f in fields(Environment)}
 

@@ -39,6 +39,14 @@ else
   log "python dependencies up to date (.venv)"
 fi
 
+# D3(BJ)'s reference C6 table (moire_al.models.d3) is CP2K's dftd3.dat: needed even without DFT
+if ! dpkg -s cp2k-data >/dev/null 2>&1; then
+  log "cp2k-data (the D3 reference C6 table)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends cp2k-data
+fi
+log "compiled kernels (moire_al.models.native)"
+.venv/bin/python -m moire_al.models.native >/dev/null || log "kernels will build on first use"
+
 if [ "${MOIRE_AL_SKIP_DFT:-0}" != 1 ] && [ -f scripts/install_dft.sh ]; then
   log "DFT codes (CP2K, GPAW)"
   bash scripts/install_dft.sh

@@ -32,6 +32,46 @@ def test_unknown_model_fizzles_with_clear_message(launchpad, tmp_path, monkeypat
     assert "no model 'nope'" in fw.launches[-1].action.stored_data["_exception"]["_stacktrace"]
 
 
+def test_polarization_sweep_fireworks_store_points_and_the_sweep(launchpad, tmp_path, monkeypatch):
+    """One Firework per angle (relax with the reference potential, relaxed + rigid) and a
+    gathering one (allowed to run after fizzled angles) that stores P_max(θ) and draws it."""
+    import os
+
+    from moire_al.workflows.builders import polarization_workflow
+
+    monkeypatch.chdir(tmp_path)
+    wf = polarization_workflow(ms=(1, 2), options={"min_width": 20.0, "method": "exact",
+                                                   "model": {"cutoff": 6.0}})
+    assert len(wf.fws) == 3
+    launchpad.add_wf(wf)
+    rapidfire(launchpad, FWorker(category="analysis"), nlaunches=0, max_loops=1)
+    assert launchpad.get_fw_ids({"state": "COMPLETED"}, count_only=True) == 3
+    db = Store.from_launchpad(launchpad).db["analyses"]
+    points = list(db.find({"analysis": "polarization"}))
+    assert sorted(p["m"] for p in points) == [1, 2]
+    for p in points:
+        assert p["model_id"] == "reference" and p["result"]["converged"]
+        assert p["result"]["relaxed"]["P_max_pC_per_m"] > p["result"]["rigid"]["P_max_pC_per_m"] > 0
+        assert p["settings"]["method"] == "exact"
+    sweep = db.find_one({"analysis": "polarization_sweep"})
+    assert [q["theta_deg"] for q in sweep["result"]["points"]] == sorted(p["theta_deg"] for p in points)
+    assert os.path.getsize(sweep["result"]["plots"]["P_max"]) > 1000
+
+
+def test_polarization_workflow_rejects_bad_options():
+    import pytest
+
+    from moire_al.errors import MoireALError
+    from moire_al.workflows.builders import polarization_workflow
+
+    with pytest.raises(MoireALError, match="cutoff"):
+        polarization_workflow(ms=(1,), options={"model": {"cutoff": -1.0}})
+    with pytest.raises(MoireALError, match="unknown polarization option"):
+        polarization_workflow(ms=(1,), options={"moments": 64})
+    with pytest.raises(MoireALError, match="model"):
+        polarization_workflow(ms=(1,), options={"model": {"kappa": 1.0}})
+
+
 def test_md_fireworks_store_results_and_the_temperature_series(launchpad, tmp_path, monkeypatch):
     """One MD Firework per temperature on a stored structure, then D(T); the trajectory
     stays in the launch directory, only its path in the database."""

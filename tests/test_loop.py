@@ -459,3 +459,53 @@ def test_demo_learning_verdict():
     s = demo_settings("graphene", "dataset", 4, 10)
     assert s.labeller == "dataset" and s.pool_file == "data/dft/graphene.extxyz"
     assert demo_settings("graphene", "cp2k", 4, 10).pool == s.pool  # the same loop, live
+
+
+# ---------------------------------------------------------------- the explore step (issue 16)
+
+
+def test_explore_step_finds_join_the_candidates_once_and_are_scored(launchpad, tmp_path, monkeypatch):
+    """Round 1 has an explore Firework (category fit, a parent of the fit); its finds are
+    stored once, join the pool unselected and are among the candidates round 1 scores."""
+    from moire_al.workflows import loop
+
+    monkeypatch.chdir(tmp_path)
+    settings = tiny_settings(max_rounds=2, explore={"n_starts": 2, "temperatures_K": [300.0], "steps": 20,
+                                                    "tau_rel": 0.3, "ramp_steps": 5, "tolerance": 1e-6})
+    add_loop(launchpad, settings)
+    run_all(launchpad)
+    store = Store.from_launchpad(launchpad)
+    rounds = store.get_rounds("L")
+    assert [r["round"] for r in rounds] == [0, 1]
+    fws = list(launchpad.fireworks.find({"spec._moire.step": "explore"}))
+    assert [(f["spec"]["_moire"]["round"], f["spec"]["_category"], f["state"]) for f in fws] == \
+        [(1, "fit", "COMPLETED")]
+    fit1 = launchpad.fireworks.find_one({"spec._moire.step": "fit", "spec._moire.round": 1})
+    assert fit1["fw_id"] in launchpad.get_wf_by_fw_id(fit1["fw_id"]).links[fws[0]["fw_id"]]
+    out = launchpad.get_fw_by_id(fws[0]["fw_id"]).launches[-1].action.stored_data
+    # tolerance ~0: a run finds at step 1 unless the MD stops first (a 2-atom start overheats)
+    assert out["n_runs"] == 2 and out["n_finds"] >= 1 and len(out["new"]) == out["n_finds"]
+    new = out["new"]
+    for h in new:
+        m = store.members.find_one({"loop_id": "L", "hash": h})
+        assert m["role"] == "pool" and m["selected_round"] is None
+        assert store.structures.count_documents({"hash": h}) == 1
+    finds = store.get_structures(new)
+    assert all(f.info["explore_round"] == 1 and f.info["explore_step"] == 1 for f in finds)
+    # scored in round 1: its pool is round 0's minus the 3 selected plus the finds
+    assert rounds[1]["n_pool"] == rounds[0]["n_pool"] - 3 + len(new)
+    scored = dict(zip(store.member_hashes("L", role="pool", selected=False), rounds[1]["rel_unc"]))
+    assert all(scored[h] > 0 for h in new)
+    # a rerun of the step stores nothing twice and adds no member
+    n_s, n_m = store.structures.count_documents({}), store.members.count_documents({"loop_id": "L"})
+    again = loop.explore_round(store, settings, "L", 1)
+    assert sorted(again["finds"]) == sorted(new) and again["new"] == []
+    assert store.structures.count_documents({}) == n_s
+    assert store.members.count_documents({"loop_id": "L"}) == n_m
+
+
+def test_explore_parameters_are_checked():
+    with pytest.raises(SettingsError, match="explore.*tolerance"):
+        tiny_settings(explore={"tolerance": 0})
+    with pytest.raises(SettingsError, match="explore.*taus"):
+        tiny_settings(explore={"taus": 1})

@@ -136,6 +136,40 @@ def _defects(args):
                 layer=args.layer, plot_path=os.path.join(args.out, "defects.png"))
 
 
+def _polarization_options(args) -> dict:
+    from moire_al.analysis.tightbinding import SlaterKoster
+
+    extra = {} if args.aa_distance is None else {"c": args.aa_distance}
+    return {"model": SlaterKoster(cutoff=args.cutoff, a=args.a, **extra),
+            "method": args.method, "n_moments": args.moments,
+            "probe_radius": args.probe_radius if args.probe_radius > 0 else None,
+            "min_width": args.min_width, "height": args.height}
+
+
+def _polarization(args):
+    from moire_al.analysis.polarization import (SWEEP_MS, polarization_analysis,
+                                                polarization_sweep)
+    from moire_al.errors import MoireALError
+
+    opts = _polarization_options(args)
+    if args.sweep:
+        if args.structure:
+            raise MoireALError("--sweep builds its own cells: give no STRUCTURE")
+        return _run(args, "polarization_sweep", polarization_sweep, "hbn", "hbn",
+                    ms=tuple(args.m or SWEEP_MS), fmax=args.fmax, d=args.d, plot_dir=args.out,
+                    **opts)
+    if not args.structure:
+        raise MoireALError("give a STRUCTURE file, or --sweep")
+    atoms = _read(args.structure)
+    ref = _read(args.reference) if args.reference else None
+    os.makedirs(args.out, exist_ok=True)
+    res = polarization_analysis(atoms, calc_name=args.calc_name, reference=ref,
+                                plot_dir=args.out,
+                                sites_path=os.path.join(args.out, "polarization_sites.xyz"),
+                                **opts)
+    return _emit(args, "polarization", res)
+
+
 def _md(args):
     from moire_al.analysis.md import md_analysis, md_temperatures
     from moire_al.errors import MoireALError
@@ -249,6 +283,33 @@ def register(subparsers) -> None:
 
     q = add("defects", _defects, "defect formation energies")
     q.add_argument("--layer", type=int, default=None)
+
+    q = add("polarization", _polarization, "induced charge, surface potential and P_max of a "
+            "twisted hBN bilayer (p_z tight binding, seed 000); --sweep: relaxed vs rigid over θ",
+            optional_structure=True)
+    q.add_argument("--sweep", action="store_true",
+                   help="relax (--calc) and evaluate r = 1 cells --m (21.8° .. 1.08°), relaxed vs rigid")
+    q.add_argument("--m", type=int, nargs="+", default=None,
+                   help="r = 1 cells (default: the seed's angles, m = 1 .. 30)")
+    q.add_argument("--d", type=float, default=3.4, help="interlayer distance of the built cells (Å)")
+    q.add_argument("--fmax", type=float, default=1e-3)
+    q.add_argument("--reference", default=None,
+                   help="reference structure (same atoms) instead of the isolated layers")
+    q.add_argument("--method", default="kpm", choices=["kpm", "exact"])
+    q.add_argument("--moments", type=int, default=128, help="KPM moments")
+    q.add_argument("--probe-radius", type=float, default=20.0,
+                   help="KPM probing distance (Å); 0 = exact per-site moments")
+    q.add_argument("--height", type=float, default=3.35,
+                   help="height of the potential map above the top layer (Å)")
+    q.add_argument("--aa-distance", type=float, default=None,
+                   help="c of the model: the AA interlayer distance (Å; default 3.565)")
+    q.add_argument("--a", type=float, default=None,
+                   help="lattice parameter of the model (Å; default: the structure's)")
+    q.add_argument("--cutoff", type=float, default=6.0, help="hopping cut-off (Å)")
+    q.add_argument("--min-width", type=float, default=40.0,
+                   help="repeat the cell in-plane until this wide (Å): the k-point sampling")
+    q.add_argument("--calc-name", default=None)
+
 
     q = add("md", _md, "molecular dynamics: stability, D(T), VACF and vibrational DOS, Green-Kubo κ, "
             "time-averaged structure")

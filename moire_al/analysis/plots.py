@@ -208,6 +208,74 @@ def plot_defects(results: dict, path) -> str:
     return _save(fig, path)
 
 
+def plot_polarization_maps(atoms, dsigma, potential, outdir, prefix="polarization",
+                           title=None) -> dict:
+    """Seed 000 Fig. 4b (induced charge per site, one panel per layer, 10¹² e/cm²) and
+    Fig. 4a (potential above the top layer, mV)."""
+    from moire_al.analysis.common import layers_of
+
+    plt = _plt()
+    out = {}
+    layers = layers_of(atoms)
+    ids = np.unique(layers)
+    lim = float(np.abs(dsigma).max()) or 1.0
+    fig, axes = plt.subplots(1, len(ids), figsize=(5.2 * len(ids), 4.5), squeeze=False)
+    for ax, k in zip(axes[0], ids):
+        m = layers == k
+        sc = ax.scatter(atoms.positions[m, 0], atoms.positions[m, 1], c=dsigma[m], s=4,
+                        cmap="coolwarm", vmin=-lim, vmax=lim)
+        _cell_outline(ax, atoms.cell.array)
+        ax.set_aspect("equal")
+        ax.set_xlabel("x (Å)")
+        ax.set_ylabel("y (Å)")
+        ax.set_title(f"layer {int(k)}" + (f" ({title})" if title else ""), fontsize=9)
+    fig.colorbar(sc, ax=axes[0].tolist(), label="Δσ (10¹² e cm⁻²)")
+    fig.set_layout_engine("constrained")
+    path = os.path.join(outdir, f"{prefix}_charge.png")
+    os.makedirs(outdir, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    out["charge"] = path
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    V = potential["V"] * 1e3
+    pm = ax.pcolormesh(potential["X"], potential["Y"], V, shading="auto", cmap="RdBu_r")
+    fig.colorbar(pm, ax=ax, label=f"V at {potential['height']:.2f} Å above the top layer (mV)")
+    _cell_outline(ax, atoms.cell.array)
+    ax.set_aspect("equal")
+    ax.set_xlabel("x (Å)")
+    ax.set_ylabel("y (Å)")
+    ax.set_title("surface potential" + (f" ({title})" if title else ""), fontsize=9)
+    out["potential"] = _save(fig, os.path.join(outdir, f"{prefix}_potential.png"))
+    return out
+
+
+def plot_polarization_sweep(results: dict, outdir, prefix="polarization_sweep") -> dict:
+    """Seed 000 Fig. 4c: P_max against θ, relaxed (solid) and rigid (dashed);
+    ``results``: {calc_name: sweep}."""
+    plt = _plt()
+    fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+    for k, (name, res) in enumerate(results.items()):
+        p = res["points"]
+        th = [q["theta_deg"] for q in p]
+        ax[0].plot(th, [q["relaxed"]["P_max_pC_per_m"] for q in p], "o-", color=f"C{k}",
+                   label=f"relaxed ({name})")
+        ax[1].plot(th, [q["relaxed"]["charge_max_abs"] for q in p], "o-", color=f"C{k}",
+                   label=f"relaxed ({name})")
+        if p and "rigid" in p[0]:
+            ax[0].plot(th, [q["rigid"]["P_max_pC_per_m"] for q in p], "s--", color=f"C{k}",
+                       mfc="none", label="rigid")
+            ax[1].plot(th, [q["rigid"]["charge_max_abs"] for q in p], "s--", color=f"C{k}",
+                       mfc="none", label="rigid")
+    ax[0].set_ylabel("P_max = ε0 (V_max − V_min) (pC/m)")
+    ax[1].set_ylabel("max |Δσ| (10¹² e cm⁻²)")
+    for x in ax:
+        x.set_xlabel("θ (°)")
+        x.set_xscale("log")
+        x.legend(fontsize=7)
+    return {"P_max": _save(fig, os.path.join(outdir, f"{prefix}.png"))}
+
+
 # ------------------------------------------------------------------ molecular dynamics
 def plot_md_traces(run, path) -> str:
     """Temperature, energies and pressure against time (seed 003 Figs 8, 9); a blown-up

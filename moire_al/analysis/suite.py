@@ -123,6 +123,9 @@ def compare(analysis, target, calcs: dict, outdir: str | None = None, **options)
             out["plots"][kind] = plotters[kind](results, os.path.join(outdir, f"compare_{kind}.png"))
         elif kind == "moire_sweep":
             out["plots"] = plots.plot_moire_sweep(results, outdir, prefix="compare_sweep")
+        elif kind == "polarization_sweep":
+            out["plots"] = plots.plot_polarization_sweep(results, outdir,
+                                                         prefix="compare_polarization_sweep")
     return jsonable(out)
 
 

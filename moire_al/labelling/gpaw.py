@@ -19,7 +19,8 @@ that group. Handlers: :class:`GpawScfHandler` (SCF not converged → smaller Pul
 correctable: the failure names the element and says to install ``gpaw-data``).
 
 D3(BJ): GPAW has no native D3(BJ) without the ``dftd3`` executable, so the labeller
-adds ``dftd3.ase.DFTD3(method=xc, damping="d3bj")`` (PyPI ``dftd3``, s-dftd3 library)
+adds two-body D3(BJ) from ``moire_al.models.d3`` (the package's one D3, also what the
+model subtracts and adds)
 to GPAW's energy, forces and (PW) stress and records ``d3_included=True``; the two
 parts are kept in ``d3.json`` in the run directory.
 
@@ -57,7 +58,7 @@ DEFAULTS = {
     "kpts": None,            # explicit mesh instead of kspacing
     "smearing": 0.05,        # eV, Fermi-Dirac width
     "xc": "PBE",
-    "d3": True,              # add D3(BJ) from the dftd3 package
+    "d3": True,              # add two-body D3(BJ) (moire_al.models.d3)
     "maxiter": 300,
     "mixer": {"name": "pulay", "beta": 0.05, "nmaxold": 5, "weight": 50.0},
     "scf_energy": 1e-6,      # eV per valence electron
@@ -450,21 +451,22 @@ def parse_results(workdir, atoms):
 
 
 def add_d3(atoms, energy, forces, stress, xc, workdir=None):
-    """GPAW + D3(BJ) (:func:`moire_al.models.d3.d3_results`, the dftd3 package): energy,
-    forces and, when given, stress."""
+    """GPAW + D3(BJ) two-body (moire_al.models.d3, the same D3 the model subtracts):
+    energy, forces and, when given, stress."""
     from moire_al.errors import ModelError
     from moire_al.models.d3 import d3_results
 
     try:
         e_d3, f_d3, s_d3 = d3_results(atoms, method=xc)
     except ModelError as exc:
-        raise LabelError(str(exc)) from None
-    s_d3 = s_d3 if stress is not None else None
+        raise LabelError(str(exc)) from exc
+    if stress is not None and s_d3 is None:
+        raise LabelError("D3 stress needs a 3D periodic cell")
     if workdir is not None:
         with open(os.path.join(workdir, D3_FILE), "w") as fh:
             json.dump({"energy_dft": energy, "energy_d3": e_d3, "forces_d3": f_d3.tolist(),
                        "stress_d3": None if s_d3 is None else s_d3.tolist(),
-                       "method": xc, "damping": "d3bj"}, fh)
+                       "method": xc, "damping": "d3bj", "three_body": False}, fh)
     return (energy + e_d3, forces + f_d3, None if stress is None else stress + s_d3)
 
 

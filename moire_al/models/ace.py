@@ -37,6 +37,8 @@ FORMAT_VERSION = 1
 #: ε of the relative force uncertainty, eV/Å
 FORCE_EPS = 0.2
 DEFAULT_WEIGHTS = {"E": 30.0, "F": 1.0, "V": 1.0}
+#: Design rows per block of the normal equations (one dsyrk each; ~L x 4096 doubles of memory)
+BLOCK_ROWS = 4096
 
 
 def _versions() -> dict:
@@ -193,9 +195,18 @@ class ACEModel:
 
     # ------------------------------------------------------------------ fit
     def fit(self, atoms_list, *, verbose: bool = False) -> "ACEModel":
-        """Fit to labelled structures (``REF_energy``, ``REF_forces``, optional ``REF_stress``)."""
-        from .basis import ACEBasis
+        """Fit to labelled structures (``REF_energy``, ``REF_forces``, optional ``REF_stress``).
 
+        Three steps, each usable alone (a sharded fit runs the middle one per shard):
+        :meth:`fit_plan` (basis, E0 from all energies), :meth:`normal_equations` (the
+        partial ΨᵀWΨ, ΨᵀWy, yᵀWy of any subset) and :meth:`fit_normal_equations` (sum → solve)."""
+        t0 = time.perf_counter()
+        atoms_list = list(atoms_list)
+        self.fit_plan(atoms_list)
+        neq = self.normal_equations(atoms_list, verbose=verbose)
+        return self.fit_normal_equations(neq, atoms_list, t0=t0)
+
+    def _validated(self, atoms_list):
         atoms_list = list(atoms_list)
         if not atoms_list:
             raise ModelError("fit: no training structures")
@@ -204,99 +215,160 @@ class ACEModel:
             self.totaldegree = default_totaldegree(zs)
         for k, at in enumerate(atoms_list):
             validate_labelled(at, k, zs)
-        if self.d3:
-            from .d3 import check_d3
+        return atoms_list, zs
 
-            check_d3()
-        t0 = time.perf_counter()
+    def _build_basis(self, zs):
+        from .basis import ACEBasis
+
         if self.basis_ is None or self.basis_.spec() != {"backend": "ace-jax", "elements": list(zs),
                                                           "order": int(self.order),
                                                           "totaldegree": int(self.totaldegree),
                                                           "rcut": float(self.rcut), "wL": float(self.wL)}:
             self.basis_ = ACEBasis(zs, self.order, self.totaldegree, self.rcut, self.wL)
-        b = self.basis_
-        L = b.L
-        structure_weights = [_structure_weight(at, structure_name(at, k)) for k, at in enumerate(atoms_list)]
 
-        # targets with D3 removed where needed, E0 by composition least squares
-        targets = []
-        for k, at in enumerate(atoms_list):
-            name = structure_name(at, k)
-            E = float(at.info[REF_ENERGY])
-            F = np.asarray(at.arrays[REF_FORCES], float).copy()
-            S = np.asarray(at.info[REF_STRESS], float).copy() if REF_STRESS in at.info else None
-            if self.d3 and bool(at.info.get(REF_D3, False)):
-                e3, f3, s3 = self._d3_part(at, name)
-                E, F = E - e3, F - f3
-                if S is not None and s3 is not None:
-                    S = S - s3
-            targets.append((E, F, S))
+    def _targets(self, at, name):
+        """(E, F, S) of a label with D3 removed where the convention says so."""
+        E = float(at.info[REF_ENERGY])
+        F = np.asarray(at.arrays[REF_FORCES], float).copy()
+        S = np.asarray(at.info[REF_STRESS], float).copy() if REF_STRESS in at.info else None
+        if self.d3 and bool(at.info.get(REF_D3, False)):
+            e3, f3, s3 = self._d3_part(at, name)
+            E, F = E - e3, F - f3
+            if S is not None and s3 is not None:
+                S = S - s3
+        return E, F, S
+
+    def fit_plan(self, atoms_list) -> dict:
+        """Validate, build the basis and fit E0 (composition least squares of all per-atom
+        energies, D3 removed where needed). Returns ``{"elements", "totaldegree", "E0"}``
+        (JSON-able): with
+        them a shard's :meth:`normal_equations` needs only its own structures."""
+        atoms_list, zs = self._validated(atoms_list)
+        if self.d3:
+            from .d3 import check_d3
+
+            check_d3()
+        self._build_basis(zs)
+        energies = np.array([self._targets(at, structure_name(at, k))[0] for k, at in enumerate(atoms_list)])
         comp = np.array([self._composition(at) for at in atoms_list])
         nat = comp.sum(1)
-        e_per_atom = np.array([t[0] for t in targets]) / nat
-        self.E0_ = np.linalg.lstsq(comp / nat[:, None], e_per_atom, rcond=None)[0]
+        self.E0_ = np.linalg.lstsq(comp / nat[:, None], energies / nat, rcond=None)[0]
+        return {"elements": list(zs), "totaldegree": int(self.totaldegree), "E0": [float(x) for x in self.E0_]}
 
-        # the design has L ACE columns plus NZ composition columns (per-species energy
-        # corrections to the least-squares E0 above; they enter energy rows only)
-        NZ = len(zs)
-        A = np.zeros((L + NZ, L + NZ))
-        bv = np.zeros(L + NZ)
-        yWy, n_obs, log_w2 = 0.0, 0, 0.0
+    def set_plan(self, plan: dict) -> "ACEModel":
+        """Take a :meth:`fit_plan` result computed elsewhere (a shard)."""
+        zs = tuple(int(z) for z in plan["elements"])
+        self.totaldegree = int(plan.get("totaldegree") or self.totaldegree or default_totaldegree(zs))
+        self._build_basis(zs)
+        self.E0_ = np.asarray(plan["E0"], float)
+        return self
+
+    @staticmethod
+    def fit_blocks(atoms_list, block_rows: int | None = None) -> list[tuple[int, int]]:
+        """Consecutive structure ranges [start, stop) of ~``block_rows`` design rows each: the
+        blocks of :meth:`normal_equations`. They depend only on the sequence of structures, so a
+        sharded fit hands out whole blocks and reproduces the single-process sums exactly."""
+        block_rows = BLOCK_ROWS if block_rows is None else block_rows
+        out, start, rows = [], 0, 0
+        for k, at in enumerate(atoms_list):
+            rows += 1 + 3 * len(at) + 6
+            if rows >= block_rows:
+                out.append((start, k + 1))
+                start, rows = k + 1, 0
+        if start < len(atoms_list):
+            out.append((start, len(atoms_list)))
+        return out
+
+    def normal_equations(self, atoms_list, *, verbose: bool = False, block_rows: int | None = None, blocks=None):
+        """The partial normal equations of ``atoms_list`` (after :meth:`fit_plan` or
+        :meth:`set_plan`): weighted design rows of energy (per atom), forces and virial (per
+        atom), accumulated per block (``blocks``, default :meth:`fit_blocks`) by a symmetric
+        rank-k update (BLAS dsyrk on the upper triangle) and added to the totals with an
+        error-free summation. Memory: O(L²) + one block's rows."""
+        from scipy.linalg.blas import dsyrk
+
+        from .blr import NormalEquations
+
+        atoms_list = list(atoms_list)
+        b = self.basis_
+        L, NZ = b.L, len(b.elements)
+        P = L + NZ
+        neq = NormalEquations.zeros(P)
         counts = {"E": 0, "F": 0, "V": 0}
         t_rows = time.perf_counter()
-        for k, at in enumerate(atoms_list):
-            name = structure_name(at, k)
-            E, F, S = targets[k]
-            n = len(at)
-            PsiE, PsiF, PsiS = b.structure_rows(at, name)
-            def pad(M):
-                return np.concatenate([M, np.zeros((M.shape[0], NZ))], axis=1)
+        n_atoms, n_obs = 0, 0
+        blocks = self.fit_blocks(atoms_list, block_rows) if blocks is None else blocks
+        for start, stop in blocks:
+            Pws, yws, lw2 = [], [], []
+            for k in range(start, stop):
+                at = atoms_list[k]
+                name = structure_name(at, k)
+                E, F, S = self._targets(at, name)
+                n = len(at)
+                n_atoms += n
+                comp = self._composition(at)
+                PsiE, PsiF, PsiS = b.structure_rows(at, name)
+                ws = _structure_weight(at, name)
+                wE, wF, wV = (ws * float(self.weights[key]) for key in ("E", "F", "V"))
+                Pws.append(wE * np.concatenate([PsiE, comp])[None, :] / n)
+                yws.append(wE * np.array([(E - comp @ self.E0_) / n]))
+                Pws.append(wF * np.concatenate([PsiF, np.zeros((PsiF.shape[0], NZ))], axis=1))
+                yws.append(wF * F.reshape(-1))
+                counts["E"] += 1
+                counts["F"] += F.size
+                lw = 2 * np.log(wE) + F.size * 2 * np.log(wF)
+                if S is not None and PsiS is not None:
+                    vol = abs(np.linalg.det(at.cell.array))
+                    Pws.append(wV * np.concatenate([PsiS, np.zeros((6, NZ))], axis=1) * vol / n)
+                    yws.append(wV * S * vol / n)
+                    counts["V"] += 6
+                    lw += 12 * np.log(wV)
+                lw2.append(lw)
+                if verbose and (k + 1) % 10 == 0:
+                    log.info("rows %d/%d", k + 1, len(atoms_list))
+            Pw = np.concatenate(Pws)
+            yw = np.concatenate(yws)
+            n_obs += len(yw)
+            AtA = dsyrk(1.0, Pw, trans=1, lower=0)       # upper triangle of PwᵀPw (lower left 0)
+            neq.add_block(AtA, Pw.T @ yw, float(yw @ yw), float(np.sum(lw2)))
+        neq.n_obs, neq.counts, neq.n_structures, neq.n_atoms = n_obs, counts, len(atoms_list), n_atoms
+        neq.time_rows_s = time.perf_counter() - t_rows
+        return neq
 
-            ws = structure_weights[k]
-            wE, wF, wV = (ws * float(self.weights[key]) for key in ("E", "F", "V"))
-            rowE = np.concatenate([PsiE, comp[k]])[None, :] / n
-            rows = [(wE * rowE, wE * np.array([(E - comp[k] @ self.E0_) / n]))]
-            rows.append((wF * pad(PsiF), wF * F.reshape(-1)))
-            counts["E"] += 1
-            counts["F"] += F.size
-            if S is not None and PsiS is not None:
-                vol = abs(np.linalg.det(at.cell.array))
-                rows.append((wV * pad(PsiS) * vol / n, wV * S * vol / n))
-                counts["V"] += 6
-            for Pw, yw in rows:
-                A += Pw.T @ Pw
-                bv += Pw.T @ yw
-                yWy += float(yw @ yw)
-                n_obs += len(yw)
-            log_w2 += 2 * np.log(wE) + F.size * 2 * np.log(wF) + (12 * np.log(wV) if len(rows) == 3 else 0.0)
-            if verbose and (k + 1) % 10 == 0:
-                log.info("rows %d/%d", k + 1, len(atoms_list))
-        t_rows = time.perf_counter() - t_rows
+    def fit_normal_equations(self, neq, atoms_list=None, t0: float | None = None) -> "ACEModel":
+        """Solve the summed normal equations (evidence-maximising BLR, committee); with the
+        training structures also the training set hash, label conventions and RMSE report."""
+        t0 = time.perf_counter() if t0 is None else t0
+        b = self.basis_
+        L, NZ = b.L, len(b.elements)
         gamma = np.concatenate([np.maximum(b.gamma, 1.0) ** self.prior_power, np.ones(NZ)])
         t_solve = time.perf_counter()
         wE, wF = float(self.weights["E"]), float(self.weights["F"])
         self.blr_ = BayesianLinearRegression(committee_size=self.committee_size, seed=self.seed)
-        self.blr_.fit_normal(A, bv, yWy, n_obs, gamma, log_w2=log_w2)
+        A, bv, yWy, log_w2 = neq.totals()
+        self.blr_.fit_normal(A, bv, yWy, neq.n_obs, gamma, log_w2=log_w2)
         t_solve = time.perf_counter() - t_solve
         self.coef_ = self.blr_.coef_[:L]
         self.committee_ = self.blr_.committee_[:, :L]
         self.E0_ = self.E0_ + self.blr_.coef_[L:]
         self.committee_E0_ = self.blr_.committee_[:, L:] - self.blr_.coef_[L:]   # deviations from E0_
         self.elements_ = tuple(b.elements)
-        self.training_hash_ = training_set_hash(atoms_list)
-        self.d3_labels_ = sorted({bool(at.info.get(REF_D3, False)) for at in atoms_list})
         self.fit_info_ = {
-            "n_structures": len(atoms_list), "n_atoms": int(nat.sum()), "n_basis": L,
-            "n_rows": counts, "alpha": self.blr_.alpha_, "beta": self.blr_.beta_,
+            "n_structures": neq.n_structures, "n_atoms": int(neq.n_atoms), "n_basis": L,
+            "n_rows": dict(neq.counts), "alpha": self.blr_.alpha_, "beta": self.blr_.beta_,
             "noise_std_force_eV_per_A": self.blr_.noise_std_ / wF,
             "noise_std_energy_meV_per_atom": 1000 * self.blr_.noise_std_ / wE,
             "effective_parameters": self.blr_.effective_parameters_,
             "log_evidence": self.blr_.log_evidence_, "evidence_iterations": self.blr_.n_iter_,
-            "time_rows_s": t_rows, "time_solve_s": t_solve, "time_total_s": time.perf_counter() - t0,
+            "time_rows_s": neq.time_rows_s, "time_solve_s": t_solve, "time_total_s": time.perf_counter() - t0,
         }
-        from .metrics import rmse_table
+        if atoms_list is not None:
+            from .metrics import rmse_table
 
-        self.fit_report_ = {"train": rmse_table(self, atoms_list), **self.fit_info_}
+            atoms_list = list(atoms_list)
+            self.training_hash_ = training_set_hash(atoms_list)
+            self.d3_labels_ = sorted({bool(at.info.get(REF_D3, False)) for at in atoms_list})
+            self.fit_report_ = {"train": rmse_table(self, atoms_list), **self.fit_info_}
         return self
 
     # ------------------------------------------------------------------ predict
@@ -306,8 +378,10 @@ class ACEModel:
         return self.coef_[:, None]
 
     def predict_one(self, atoms, name: str = "", committee: bool = True, stress: bool = True,
-                    d3: bool | None = None) -> dict:
-        """Prediction for one structure (see :meth:`predict`)."""
+                    d3: bool | None = None, members: bool = False) -> dict:
+        """Prediction for one structure (see :meth:`predict`). ``members=True`` also
+        returns the committee members' ``energy_members`` (K,) eV and
+        ``forces_members`` (K, N, 3) eV/Å (ACE + E0, without D3: D3 is the same for all)."""
         self._check_fitted()
         validate_unlabelled(atoms, name, self.elements_)
         C = self._coefficient_matrix(committee)
@@ -333,6 +407,8 @@ class ACEModel:
             out.update(energy_std=float(np.std(Ek)), forces_std=fstd, rel_force_unc=rel,
                        max_force_std=float(fstd.max(initial=0.0)),
                        max_rel_force_unc=float(rel.max(initial=0.0)))
+            if members:
+                out.update(energy_members=np.asarray(Ek, float) + e0, forces_members=np.asarray(Fk, float))
             if S is not None:
                 out["stress_std"] = np.std(S[1:], axis=0)
         return out

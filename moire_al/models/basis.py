@@ -95,13 +95,76 @@ def build_basis(elements, order: int, totaldegree: int, rcut: float, wL: float =
                        seed=0, coupling_cache=True, coupling_cache_dir=str(cache))
 
 
+def _radial_one(model, r, zi, zj, trans, Wnlq, ABC, env):
+    """ace-jax's analytic radial (``ACEModel._radial_one``) with the coefficient contraction
+    done per species pair as a matmul, instead of gathering an (E, n, q) tensor of
+    coefficients per edge."""
+    from ace_jax.eval.radial import agnesi_normalized, poly_recursion
+
+    x = agnesi_normalized(r, trans[zi, zj])
+    P = poly_recursion(x, *ABC)                                     # (E, n_q)
+    NZ = Wnlq.shape[0]
+    if NZ == 1:
+        val = P @ Wnlq[0, 0].T
+    else:
+        val = 0.0
+        for a in range(NZ):
+            for b in range(NZ):
+                val = val + jnp.where(((zi == a) & (zj == b))[:, None], P @ Wnlq[a, b].T, 0.0)
+    return val * env[:, None]
+
+
+def _radial(model, r, zi, zj):
+    """(Rnl, Rpair) per edge as ``model.radial`` gives them, from distances r."""
+    if (model.rtab_grid or model.radial_kind != "analytic" or model.rnl_basis != "poly"
+            or model.pair_radial_kind != "analytic"):
+        return model.radial(r[:, None] * jnp.array([1.0, 0.0, 0.0]), zi, zj)
+    from ace_jax.eval.radial import agnesi_normalized, env_ace1_poly1sr, env_poly1sr, env_poly2sx
+
+    env = env_poly2sx(agnesi_normalized(r, model.rnl_transform[zi, zj]), model.rnl_envelope[zi, zj])
+    Rnl = _radial_one(model, r, zi, zj, model.rnl_transform, model.rnl_Wnlq,
+                      (model.polys_A, model.polys_B, model.polys_C), env)
+    pe = model.pair_envelope[zi, zj]
+    envp = env_ace1_poly1sr(r, pe) if model.pair_envelope_kind == "ace1_poly1sr" else env_poly1sr(r, pe)
+    Rpair = _radial_one(model, r, zi, zj, model.pair_transform, model.pair_Wnlq,
+                        (model.pair_polys_A, model.pair_polys_B, model.pair_polys_C), envp)
+    return Rnl, Rpair
+
+
+def _jacobian_parts(model, rij, zi, zj, mask):
+    """ace-jax's ``_dense_jacobian_parts`` (A, dB/dA, dA, Rpair, dRpair), with the edge
+    derivatives taken by parts: A_a = R_n(a)(r) Y_lm(a)(r̂), so dA = R' (rij / r) Y + R ∇Y
+    with R' from one forward tangent in r and ∇Y from the harmonics alone, instead of
+    three tangents through the radial basis; the same numbers to round-off."""
+    n, K = mask.shape
+    E = n * K
+    v = rij.reshape(E, 3)
+    z1, z2 = zi.reshape(E), zj.reshape(E)
+    r = jnp.linalg.norm(v, axis=-1)
+    (R, Rp), (dR, dRp) = jax.jvp(lambda rr: _radial(model, rr, z1, z2), (r,), (jnp.ones_like(r),))
+    Y = model.angular(v)
+    dY = jax.vmap(jax.jacfwd(lambda u: model.angular(u[None])[0]))(v)        # (E, nY, 3)
+    ar, ay = model.aspec_r, model.aspec_y
+    u = v / r[:, None]
+    eA = R[:, ar] * Y[:, ay]
+    dA = (dR[:, ar] * Y[:, ay])[..., None] * u[:, None, :] + R[:, ar][..., None] * dY[:, ay, :]
+    dRp3 = dRp[..., None] * u[:, None, :]
+    A = jnp.sum(jnp.where(mask[..., None], eA.reshape(n, K, -1), 0.0), axis=1)
+    return A, model._b_jacobian(A), dA, Rp, dRp3
+
+
 @eqx.filter_jit
 def _rows_kernel(model, rij, zi, zj, mask):
     """Compact descriptors X (nc, D) and their edge Jacobian J (nc, K, D, 3)."""
     with jax.default_matmul_precision("highest"):
-        nc, K = mask.shape
-        X, J = model.edge_jacobian_dense(rij, zi, zj, mask)
-        return X, J.reshape(nc, K, X.shape[1], 3)
+        n, K = mask.shape
+        A, J_BA, dA, Rpair, dRp = _jacobian_parts(model, rij, zi, zj, mask)
+        J_B = jnp.einsum("nbm,nkmc->nkbc", J_BA, dA.reshape(n, K, -1, 3))
+        J = jnp.concatenate([J_B, dRp.reshape(n, K, -1, 3)], axis=2)
+        J = jnp.where(mask[:, :, None, None], J, 0.0)
+        B = model._b_from_a(A) if model.a2b_sparse else jax.vmap(model._node_B)(A)
+        Xp = jnp.sum(jnp.where(mask[..., None], Rpair.reshape(n, K, -1), 0.0), axis=1)
+        return jnp.concatenate([B, Xp], axis=1), J
 
 
 @eqx.filter_jit
@@ -110,7 +173,7 @@ def _eval_kernel(model, rij, zi, zj, mask, node_z, CB, CP):
     with jax.default_matmul_precision("highest"):
         # one pass: the factors of ace-jax's committee_edge_grad_dense also give X
         n, K = mask.shape
-        A, J_BA, dA, Rpair, dRp = model._dense_jacobian_parts(rij, zi, zj, mask)
+        A, J_BA, dA, Rpair, dRp = _jacobian_parts(model, rij, zi, zj, mask)
         B = model._b_from_a(A) if model.a2b_sparse else jax.vmap(model._node_B)(A)
         Xp = jnp.sum(jnp.where(mask[..., None], Rpair.reshape(n, K, -1), 0.0), axis=1)
         X = jnp.concatenate([B, Xp], axis=1)

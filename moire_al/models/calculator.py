@@ -92,9 +92,11 @@ class ACEModelCalculator(Calculator):
         f = at.get_forces().copy()
         s = at.get_stress().copy() if want_stress else None
         if m.d3:
-            from .d3 import d3_results
+            if getattr(self, "_d3", None) is None:
+                from .d3 import evaluator
 
-            e3, f3, s3 = d3_results(self.atoms, self.atoms.get_chemical_formula())
+                self._d3 = evaluator()      # keeps its pair list between calls, like the kernel
+            e3, f3, s3 = self._d3.results(self.atoms, self.atoms.get_chemical_formula())
             e, f = e + e3, f + f3
             if s is not None and s3 is not None:
                 s = s + s3

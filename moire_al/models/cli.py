@@ -1,4 +1,4 @@
-"""``moire-al fit`` and ``moire-al predict``. JAX is imported inside the handlers."""
+"""``moire-al fit``, ``predict``, ``explore`` and ``finetune``. JAX is imported inside the handlers."""
 
 from __future__ import annotations
 
@@ -48,6 +48,58 @@ def register(subparsers) -> None:
     q.add_argument("input", help="structures (extxyz or any ASE-readable file)")
     q.add_argument("-o", "--output", required=True, help="output extxyz")
     q.set_defaults(func=predict_command)
+
+    e = subparsers.add_parser("explore", help="uncertainty-biased MD: find structures the model gets wrong",
+                              description="Langevin MD of each structure at each temperature with the force "
+                                          "biased up the committee's energy std (V = E - tau sigma_E, tau "
+                                          "relative to the mean force, ramped); a run stops when the max "
+                                          "relative force uncertainty passes --tolerance and that "
+                                          "configuration is written to OUT (extxyz, explore_* info keys).")
+    e.add_argument("model", help="model directory (moire-al fit -o), with a committee")
+    e.add_argument("structures", help="start structures (DFT-sized cells; extxyz or any ASE-readable file)")
+    e.add_argument("-o", "--output", required=True, help="the finds (extxyz)")
+    e.add_argument("--temperatures", type=_floats, default=(300.0,), help="comma-separated K (default 300)")
+    e.add_argument("--steps", type=int, default=1000, help="max MD steps per run (default 1000)")
+    e.add_argument("--tau", type=float, default=0.1, help="bias force / mean force (default 0.1; 0: unbiased)")
+    e.add_argument("--ramp", type=int, default=100, help="steps over which tau ramps up (default 100)")
+    e.add_argument("--tolerance", type=float, default=0.3,
+                   help="max relative force uncertainty that stops a run (default 0.3)")
+    e.add_argument("--timestep", type=float, default=1.0, help="fs (default 1)")
+    e.add_argument("--friction", type=float, default=0.01, help="Langevin friction per fs (default 0.01)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--json", help="write the runs' summaries (traces included) to this JSON file")
+    e.set_defaults(func=explore_command)
+
+    f = subparsers.add_parser("finetune", help="label task structures, refit the model on its training set + "
+                                               "the task, print errors before/after",
+                              description="Fine-tune MODEL on TASK (NEB images, strained cells, defects): "
+                                          "label TASK with --labeller, refit with MODEL's hyperparameters "
+                                          "on the union of its training set (--train, checked against the "
+                                          "hash the model keeps) and the task, print the task error and the "
+                                          "original test error (--test; else the training set) before and "
+                                          "after, and write NEW_MODEL.")
+    f.add_argument("model", help="model directory (moire-al fit -o)")
+    f.add_argument("task", help="task structures (extxyz or any ASE-readable file)")
+    f.add_argument("--labeller", default="cp2k", choices=["reference", "cp2k", "gpaw", "dataset"],
+                   help="reference = the classical potential (a fast baseline, not DFT); dataset: replay "
+                        "labels from a labelled file (--settings {\"path\": ...}; default: TASK itself)")
+    f.add_argument("--settings", help="JSON (or YAML) file with labeller settings")
+    f.add_argument("--train", required=True,
+                   help="the model's labelled training structures (a saved model keeps only their hash)")
+    f.add_argument("--test", help="labelled original test structures (default: the training set stands in)")
+    f.add_argument("--workdir", default=None, help="labelling run directories (default: NEW_MODEL.runs/)")
+    f.add_argument("-o", "--output", required=True, help="new model directory")
+    f.set_defaults(func=finetune_command)
+
+
+def _floats(text: str) -> tuple:
+    try:
+        out = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad list of numbers {text!r}: use e.g. 300,600") from None
+    if not out:
+        raise argparse.ArgumentTypeError("empty list of numbers")
+    return out
 
 
 def _read(path):
@@ -124,4 +176,74 @@ def predict_command(args) -> int:
         out.append(at)
     ase.io.write(args.output, out, format="extxyz")
     print(f"wrote {len(out)} structures to {args.output}")
+    return 0
+
+
+def _load_model(path):
+    from moire_al.models.ace import ACEModel
+
+    return ACEModel.load(path)
+
+
+def explore_command(args) -> int:
+    import json
+
+    from moire_al.analysis.explore import ExploreSettings, explore
+    from moire_al.structures import write_structures
+
+    structures = _read(args.structures)
+    settings = ExploreSettings(temperatures_K=args.temperatures, steps=args.steps, tau_rel=args.tau,
+                               ramp_steps=args.ramp, tolerance=args.tolerance, seed=args.seed,
+                               timestep_fs=args.timestep, friction_per_fs=args.friction).validate()
+    model = _load_model(args.model)
+    runs = explore(model, structures, settings)
+    finds = [r.structure for r in runs if r.triggered]
+    for r in runs:
+        what = (f"find at step {r.step}: max rel. force unc. {r.max_rel_force_unc:.3f}, "
+                f"sigma_F {r.max_force_std:.3f} eV/A, sigma_E {r.energy_std:.4f} eV" if r.triggered
+                else f"no find ({r.reason or 'ran to the end'}{'' if r.step is None else f' at step {r.step}'})")
+        print(f"{r.source[:12]} {r.temperature_K:g} K seed {r.seed}: {what}")
+    write_structures(args.output, finds)
+    if args.json:
+        from moire_al.conventions import plain
+
+        with open(args.json, "w") as fh:
+            json.dump(plain({"settings": settings.as_dict(), "runs": [r.as_dict() for r in runs]}), fh, indent=1)
+    print(f"wrote {len(finds)} find(s) of {len(runs)} run(s) to {args.output}")
+    return 0
+
+
+def finetune_command(args) -> int:
+    import json
+    from pathlib import Path
+
+    from moire_al.errors import MoireALError
+    from moire_al.labelling import get_labeller
+    from moire_al.labelling.cli import _read_settings
+    from moire_al.models.finetune import check_training_set, finetune, label_all
+
+    if Path(args.output).resolve() == Path(args.model).resolve():
+        raise MoireALError("finetune: -o must be a new directory (the original model is kept)")
+    task = _read(args.task)
+    train = _read(args.train)
+    test = _read(args.test) if args.test else None
+    settings = _read_settings(args.settings)
+    if args.labeller == "dataset" and not settings:
+        settings = {"path": args.task}
+    labeller = get_labeller(args.labeller, settings)
+    model = _load_model(args.model)
+    check_training_set(model, train)              # before any labelling is spent
+    labelled, failed = label_all(labeller, task, args.workdir or f"{args.output}.runs")
+    for fl in failed:
+        print(f"label failed: {fl.structure_hash[:12]} {fl.error_type}: {fl.message}")
+    if not labelled:
+        raise MoireALError(f"finetune: none of the {len(task)} task structures could be labelled")
+    new, report = finetune(model, labelled, train, test, check_train=False)
+    report.n_failed = len(failed)
+    new.fit_report_["finetune"] = report.as_dict()
+    out = new.save(args.output)
+    (Path(out) / "finetune.json").write_text(json.dumps(report.as_dict(), indent=1))
+    print(report.text())
+    print(f"model: {out} ({report.n_train} + {report.n_task} structures, labeller {labeller.name}"
+          f"{', the classical reference potential (not DFT)' if labeller.name == 'reference' else ''})")
     return 0

@@ -29,6 +29,8 @@ from moire_al.errors import DatabaseError, LabelError, NotFoundError
 from moire_al.conventions import plain as _jsonable
 
 MODEL_BUCKET = "model_files"
+#: GridFS bucket of a sharded fit's partial normal equations
+PARTIAL_BUCKET = "fit_partials"
 
 
 def _loop_query(loop_id):
@@ -313,6 +315,21 @@ class Store:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
             tar.extractall(dest, filter="data")
         return dest / "model"
+
+    def put_partial(self, data: bytes, **metadata) -> str:
+        """Store a shard's partial normal equations (bytes) in GridFS; returns the file id."""
+        import gridfs
+
+        fs = gridfs.GridFSBucket(self.db, bucket_name=PARTIAL_BUCKET)
+        return str(fs.upload_from_stream(f"{metadata.get('fit_id', 'fit')}-{metadata.get('shard', 0)}.npz",
+                                         data, metadata=_jsonable(metadata)))
+
+    def get_partial(self, file_id: str) -> bytes:
+        import gridfs
+        from bson import ObjectId
+
+        fs = gridfs.GridFSBucket(self.db, bucket_name=PARTIAL_BUCKET)
+        return fs.open_download_stream(ObjectId(file_id)).read()
 
     # ------------------------------------------------------------ loops and rounds
 

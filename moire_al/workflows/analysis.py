@@ -7,7 +7,7 @@ in the ``analyses`` collection with the model id they came from, plots stay in t
 launch directory (its path is stored).
 
 The Fireworks are built by :mod:`moire_al.workflows.builders` (``analysis_workflow``,
-``md_workflow``). Molecular dynamics: one Firework per temperature
+``md_workflow``, ``polarization_workflow``). Molecular dynamics: one Firework per temperature
 (:class:`MDTask`) on a structure from the store, each storing its ``md.json`` result
 (analysis ``"md"``; the trajectory stays in its launch directory, its path stored), and
 a child (:class:`MDSummaryTask`) that reads them back and stores D(T) with its
@@ -22,6 +22,7 @@ from pathlib import Path
 from fireworks import FiretaskBase, FWAction, explicit_serialize
 
 from moire_al.store.mongo import Store, utcnow
+from moire_al.workflows.tasks import _store
 
 SUITE_STEPS = ("moire", "binding", "stress_strain", "phonons_monolayer", "phonons_ab", "phonons_twisted",
                "neb_vacancy", "defects", "moire_sweep")
@@ -54,12 +55,7 @@ class AnalysisTask(FiretaskBase):
         name = self["analysis"]
         if name not in SUITE_STEPS:
             raise MoireALError(f"unknown analysis {name!r}; known: {', '.join(SUITE_STEPS)}")
-        lp = getattr(self, "launchpad", None)
-        if lp is None:
-            from moire_al.config import get_launchpad
-
-            lp = get_launchpad()
-        store = Store.from_launchpad(lp)
+        store = _store(self)
         model_id = self.get("model_id")
         calc, calc_name = model_calculator(store, model_id, self["material"], os.getcwd())
         out = run_suite(self["material"], calc, calc_name, os.getcwd(), quick=bool(self.get("quick")),
@@ -71,15 +67,6 @@ class AnalysisTask(FiretaskBase):
         if doc["error"]:
             raise MoireALError(f"analysis {name} failed: {doc['error']}")
         return FWAction(stored_data={"analysis": name, "model_id": doc["model_id"]})
-
-
-def _store(task) -> Store:
-    lp = getattr(task, "launchpad", None)
-    if lp is None:
-        from moire_al.config import get_launchpad
-
-        lp = get_launchpad()
-    return Store.from_launchpad(lp)
 
 
 @explicit_serialize
@@ -148,3 +135,87 @@ def check_md_options(options: dict | None) -> dict:
     if bad:
         raise MoireALError(f"unknown MD option(s): {', '.join(sorted(bad))}")
     return dict(options or {})
+
+
+# ------------------------------------------------------------------ polarization sweep
+POLARIZATION_OPTIONS = {"model", "method", "n_moments", "probe_radius", "min_width", "height"}
+
+
+def _polarization_options(options: dict | None) -> dict:
+    """Spec options (plain JSON) → keyword arguments of the polarization analysis."""
+    from moire_al.analysis.tightbinding import SlaterKoster
+    from moire_al.errors import MoireALError
+
+    opts = dict(options or {})
+    unknown = set(opts) - POLARIZATION_OPTIONS
+    if unknown:
+        raise MoireALError(f"unknown polarization option(s) {', '.join(sorted(unknown))}; "
+                           f"known: {', '.join(sorted(POLARIZATION_OPTIONS))}")
+    if "model" in opts:
+        try:
+            opts["model"] = SlaterKoster(**opts["model"])
+        except TypeError as exc:
+            raise MoireALError(f"polarization option 'model': {exc}") from exc
+    return opts
+
+
+@explicit_serialize
+class PolarizationTask(FiretaskBase):
+    """One angle of the polarization sweep (seed 000 Fig. 4c): relax the r = 1 cell ``m``
+    with a stored model (or the reference potential), evaluate relaxed and rigid, store
+    the point in ``analyses`` (``analysis: "polarization"``, ``sweep_id``)."""
+
+    required_params = ["m", "sweep_id"]
+    optional_params = ["model_id", "options", "fmax", "d"]
+
+    def run_task(self, fw_spec):
+        from moire_al.analysis.polarization import polarization_sweep
+
+        store = _store(self)
+        model_id = self.get("model_id") or "reference"
+        calc, calc_name = model_calculator(store, model_id, "hbn", os.getcwd())
+        res = polarization_sweep("hbn", calc, calc_name, ms=(int(self["m"]),),
+                                 fmax=float(self.get("fmax", 1e-3)), d=float(self.get("d", 3.4)),
+                                 plot_dir=os.getcwd(), **_polarization_options(self.get("options")))
+        point = res["points"][0]
+        doc = {"model_id": model_id, "analysis": "polarization", "material": "hbn",
+               "sweep_id": self["sweep_id"], "m": int(self["m"]), "theta_deg": point["theta_deg"],
+               "calc_name": calc_name, "result": point, "settings": res["settings"],
+               "rigid_d": res["rigid_d"], "error": None, "launch_dir": os.getcwd(),
+               "created": utcnow(), "fw_id": getattr(self, "fw_id", None)}
+        store.put_analysis(doc)
+        return FWAction(stored_data={"analysis": "polarization", "theta_deg": point["theta_deg"],
+                                     "P_max_relaxed": point["relaxed"]["P_max_pC_per_m"]})
+
+
+@explicit_serialize
+class PolarizationSweepPlotTask(FiretaskBase):
+    """After the angles: gather the sweep's points from ``analyses``, draw P_max(θ)
+    relaxed vs rigid and store the whole sweep (``analysis: "polarization_sweep"``).
+    Runs with whatever angles finished (``_allow_fizzled_parents``)."""
+
+    required_params = ["sweep_id"]
+    optional_params = ["model_id"]
+
+    def run_task(self, fw_spec):
+        from moire_al.analysis import plots
+        from moire_al.errors import MoireALError
+
+        store = _store(self)
+        docs = store.get_analyses(analysis="polarization", sweep_id=self["sweep_id"])
+        if not docs:
+            raise MoireALError(f"polarization sweep {self['sweep_id']}: no angle finished")
+        docs.sort(key=lambda d: d["theta_deg"])
+        name = docs[0]["calc_name"]
+        sweep = {"analysis": "polarization_sweep", "calc_name": name, "material": "hbn",
+                 "rigid_d": docs[0].get("rigid_d"), "points": [d["result"] for d in docs],
+                 "settings": docs[0]["settings"]}
+        sweep["plots"] = plots.plot_polarization_sweep({name: sweep}, os.getcwd())
+        store.put_analysis({
+            "model_id": self.get("model_id") or "reference", "analysis": "polarization_sweep",
+            "material": "hbn", "sweep_id": self["sweep_id"], "calc_name": name, "result": sweep,
+            "error": None, "launch_dir": os.getcwd(), "created": utcnow(),
+            "fw_id": getattr(self, "fw_id", None)})
+        return FWAction(stored_data={"analysis": "polarization_sweep", "n_angles": len(docs)})
+
+

@@ -24,11 +24,12 @@ import yaml
 from fireworks import Firework, Workflow
 
 from moire_al.workflows.settings import LoopSettings
-from moire_al.workflows.tasks import FitRoundTask, InitLoopTask, LabelTask
+from moire_al.workflows.tasks import ExploreTask, FitRoundTask, InitLoopTask, LabelTask
 
 SPEC_KEY = "_moire"
-STEPS = ("init", "label", "fit", "analysis", "md")
-CATEGORY = {"init": "fit", "label": "dft", "fit": "fit", "analysis": "analysis", "md": "analysis"}
+STEPS = ("init", "label", "explore", "fit", "fit_shard", "fit_reduce", "analysis", "md")
+CATEGORY = {"init": "fit", "label": "dft", "explore": "fit", "fit": "fit", "fit_shard": "fit", "fit_reduce": "fit",
+            "analysis": "analysis", "md": "analysis"}
 
 
 def fw_spec(step: str, allow_fizzled_parents: bool = False, **tags) -> dict:
@@ -75,7 +76,9 @@ def round_branch(settings: LoopSettings, loop_id: str, round_: int, hashes: list
     """Label ``hashes`` (one Firework per chunk), then fit round ``round_``.
 
     The fit runs once every label is COMPLETED *or* FIZZLED (``_allow_fizzled_parents``),
-    so one failed DFT run never blocks the round.
+    so one failed DFT run never blocks the round. With ``settings.explore`` a round
+    >= 1 also has an ``explore`` Firework (category ``fit``, beside the labels, a parent
+    of the fit): biased MD with the previous round's model, whose finds the fit scores.
     """
     labels = []
     for i in range(0, len(hashes), settings.chunk_size):
@@ -85,8 +88,12 @@ def round_branch(settings: LoopSettings, loop_id: str, round_: int, hashes: list
                        labeller_settings=settings.labeller_settings)],
             name=f"label r{round_} {chunk[0][:8]}" + (f" +{len(chunk) - 1}" if len(chunk) > 1 else ""),
             spec=fw_spec("label", loop_id=loop_id, round=round_)))
-    fit = fit_firework(settings, loop_id, round_, parents=labels)
-    return Workflow(labels + [fit], name=f"{loop_id} round {round_}")
+    parents = list(labels)
+    if settings.explore and round_ >= 1:
+        parents.append(Firework([ExploreTask(loop_id=loop_id, round=round_, params=settings.as_dict())],
+                                name=f"explore r{round_}", spec=fw_spec("explore", loop_id=loop_id, round=round_)))
+    fit = fit_firework(settings, loop_id, round_, parents=parents)
+    return Workflow(parents + [fit], name=f"{loop_id} round {round_}")
 
 
 def analysis_workflow(material: str, model_id: str | None = None, analyses=None, quick: bool = False) -> Workflow:
@@ -121,6 +128,50 @@ def md_workflow(structure_hash: str, material: str, model_id: str | None = None,
                        spec=fw_spec("md", allow_fizzled_parents=True, model_id=mid, series=series))
     return Workflow(fws + [summary], name=f"md {material} {structure_hash[:10]} ({mid})",
                     metadata={"moire_al": "md", "material": material, "series": series})
+
+
+def polarization_workflow(model_id: str | None = None, ms=None, options: dict | None = None,
+                          fmax: float = 1e-3, d: float = 3.4, sweep_id: str | None = None) -> Workflow:
+    """The polarization sweep of a model (store id; None: reference potential): one
+    Firework per r = 1 cell ``ms`` (default: the seed's angles, 21.8° to 1.08°) and one
+    that gathers them into P_max(θ). ``options``: plain-JSON keyword arguments of
+    :func:`moire_al.analysis.polarization.polarization_analysis` (``model``: a dict of
+    :class:`~moire_al.analysis.tightbinding.SlaterKoster` fields)."""
+    from moire_al.analysis.polarization import SWEEP_MS
+    from moire_al.workflows.analysis import PolarizationSweepPlotTask, PolarizationTask, _polarization_options
+
+    mid = model_id or "reference"
+    ms = tuple(int(m) for m in (ms or SWEEP_MS))
+    sweep_id = sweep_id or uuid.uuid4().hex[:12]
+    _polarization_options(options)  # a bad option fails here, not in a worker
+    fws = [Firework([PolarizationTask(m=m, sweep_id=sweep_id, model_id=mid, options=options or {},
+                                      fmax=fmax, d=d)],
+                    name=f"polarization m={m} ({mid})", fw_id=-(i + 1),
+                    spec=fw_spec("analysis", model_id=mid, sweep_id=sweep_id))
+           for i, m in enumerate(ms)]
+    gather = Firework([PolarizationSweepPlotTask(sweep_id=sweep_id, model_id=mid)],
+                      name=f"polarization sweep plot ({mid})", fw_id=-(len(fws) + 1),
+                      spec=fw_spec("analysis", allow_fizzled_parents=True, model_id=mid, sweep_id=sweep_id))
+    return Workflow(fws + [gather], links_dict={fw.fw_id: [gather.fw_id] for fw in fws},
+                    name=f"polarization sweep hbn ({mid})",
+                    metadata={"moire_al": "polarization_sweep", "sweep_id": sweep_id})
+
+
+def sharded_fit_workflow(store, fit_id: str, hashes: list[str], keys: list[str], params: dict,
+                         n_shards: int) -> Workflow:
+    """A fit sharded across workers (:mod:`moire_al.workflows.fitting`): the plan (basis,
+    E0) now, then ``n_shards`` shard Fireworks and one reduce Firework (category ``fit``)."""
+    from moire_al.workflows.fitting import FitReduceTask, FitShardTask, shard_plan
+
+    plan, shards = shard_plan(store, fit_id, hashes, keys, params, n_shards)
+    fws = [Firework([FitShardTask(fit_id=fit_id, shard=k, hashes=sh["hashes"], keys=sh["keys"], params=params,
+                                  plan=plan, blocks=sh["blocks"])],
+                    name=f"{fit_id} shard {k}", spec=fw_spec("fit_shard", fit_id=fit_id))
+           for k, sh in enumerate(shards)]
+    reduce = Firework([FitReduceTask(fit_id=fit_id, hashes=hashes, keys=keys, params=params, plan=plan,
+                                     n_shards=n_shards)], name=f"{fit_id} reduce", parents=fws,
+                      spec=fw_spec("fit_reduce", fit_id=fit_id))
+    return Workflow(fws + [reduce], name=f"sharded fit {fit_id}")
 
 
 # Ready workflow files in workflows/: name -> settings.

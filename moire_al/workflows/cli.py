@@ -38,6 +38,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="reference", help="model id in the store (default: the reference potential)")
     p.add_argument("--material", default="graphene", choices=("graphene", "hbn"))
     p.add_argument("--quick", action="store_true", help="small cells and ranges (minutes)")
+    p.add_argument("--polarization", action="store_true",
+                   help="instead: the hBN polarization sweep, one Firework per angle (seed 000 Fig. 4c)")
+    p.add_argument("--m", type=int, nargs="+", default=None,
+                   help="with --polarization: r = 1 cells (default m = 1 .. 30, 21.8° .. 1.08°)")
     p.add_argument("-l", "--launchpad", default=None)
     p.set_defaults(func=_cmd_suite)
 
@@ -182,7 +186,12 @@ def _cmd_suite(args) -> int:
 
     from moire_al.config import ensure_initialized
 
-    wf = analysis_workflow(args.material, model_id=args.model, quick=args.quick)
+    if args.polarization:
+        from moire_al.workflows.builders import polarization_workflow
+
+        wf = polarization_workflow(model_id=args.model, ms=args.m)
+    else:
+        wf = analysis_workflow(args.material, model_id=args.model, quick=args.quick)
     lp = get_launchpad(args.launchpad, wait_s=INTERACTIVE_DB_WAIT_S)
     ensure_initialized(lp)
     ids = lp.add_wf(wf)

@@ -285,3 +285,48 @@ def fit_round(store: Store, settings: LoopSettings, loop_id: str, round_: int) -
     log.info("loop %s round %d: n_train %d, F RMSE %s, max sigma %.4g, %s", loop_id, round_, len(train),
              errors.get("F"), max_s, doc.stop_reason or f"selected {len(selected)}")
     return doc
+
+
+def explore_starts(store: Store, loop_id: str, round_: int, n: int) -> list:
+    """Up to ``n`` start structures for round ``round_``'s exploration: the training
+    structures (selected in rounds < ``round_``), one per pool family in turn (hash
+    order within a family), so the starts span the pool's families."""
+    hashes = store.member_hashes(loop_id, role="pool", selected=True, upto_round=round_ - 1)
+    atoms = store.get_structures(hashes)
+    families: dict = {}
+    for a in atoms:
+        families.setdefault(str(a.info.get("pool_family", a.info.get("generator", "?"))), []).append(a)
+    out, k = [], 0
+    while len(out) < n and any(k < len(v) for v in families.values()):
+        for fam in sorted(families):
+            if k < len(families[fam]) and len(out) < n:
+                out.append(families[fam][k])
+        k += 1
+    return out
+
+
+def explore_round(store: Store, settings: LoopSettings, loop_id: str, round_: int) -> dict:
+    """Uncertainty-biased MD with round ``round_ - 1``'s model; the finds are stored
+    (once: by structure hash) and join the loop's pool as unselected candidates, so
+    round ``round_``'s fit scores them with the rest. Idempotent (a rerun adds nothing)."""
+    from moire_al.analysis.explore import explore
+    from moire_al.models import ACEModel
+
+    if round_ < 1:
+        raise MoireALError("the explore step needs the model of a previous round (round >= 1)")
+    n_starts, es = settings.explore_settings(round_)
+    with tempfile.TemporaryDirectory() as tmp:
+        model = ACEModel.load(store.get_model_dir(f"{loop_id}-r{round_ - 1}", tmp))
+    starts = explore_starts(store, loop_id, round_, n_starts)
+    runs = explore(model, starts, es)
+    finds = [r.structure for r in runs if r.triggered]
+    for f in finds:
+        f.info["explore_round"] = round_
+    known = set(store.member_hashes(loop_id))
+    hashes = list(dict.fromkeys(store.put_structures(finds)))
+    new = [h for h in hashes if h not in known]
+    store.add_members(loop_id, new, role="pool")
+    log.info("loop %s round %d explore: %d runs, %d finds, %d new candidates", loop_id, round_, len(runs),
+             len(finds), len(new))
+    return {"round": round_, "n_runs": len(runs), "n_finds": len(finds), "finds": hashes, "new": new,
+            "runs": [{k: v for k, v in r.as_dict().items() if not k.endswith("_trace")} for r in runs]}

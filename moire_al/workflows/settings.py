@@ -48,6 +48,11 @@ class LoopSettings:
     chunk_size: int = 1                 # structures per labelling Firework
     seed: int = 0
     name: str = ""
+    #: an ``explore`` step per round >= 1 (off when empty): uncertainty-biased MD with the
+    #: previous round's model from ``n_starts`` training structures; its finds join the
+    #: candidates scored that round. Keys: ``n_starts`` and ExploreSettings fields
+    #: (temperatures_K, steps, tau_rel, ramp_steps, tolerance, seed, timestep_fs, friction_per_fs).
+    explore: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -93,6 +98,13 @@ class LoopSettings:
             bad("labeller_settings", "must be a mapping")
         if not isinstance(self.model, dict):
             bad("model", "must be a mapping of ACEModel hyperparameters")
+        if not isinstance(self.explore, dict):
+            bad("explore", "must be a mapping (n_starts and explore settings), empty for no exploration")
+        if self.explore:
+            try:
+                self.explore_settings()
+            except (TypeError, MoireALError) as exc:
+                bad("explore", str(exc))
         # The nested parameters too, so a bad one fails here and not on a worker after
         # the pool is stored and labels are computed.
         if self.pool_file is None:
@@ -107,6 +119,24 @@ class LoopSettings:
             ACEModel.check_params(self.model)
         except (MoireALError, ValueError, TypeError) as exc:
             bad("model", str(exc))
+
+    def explore_settings(self, round_: int = 0):
+        """(n_starts, ExploreSettings) of the explore step of round ``round_`` (its own seed)."""
+        import dataclasses
+
+        from moire_al.analysis.explore import ExploreSettings
+
+        opts = dict(self.explore)
+        n_starts = opts.pop("n_starts", 2)
+        if not isinstance(n_starts, int) or isinstance(n_starts, bool) or n_starts < 1:
+            raise MoireALError(f"n_starts must be a positive integer, got {n_starts!r}")
+        known = {f.name for f in dataclasses.fields(ExploreSettings)}
+        unknown = sorted(set(opts) - known)
+        if unknown:
+            raise MoireALError(f"unknown explore setting(s) {unknown}; known: n_starts, {', '.join(sorted(known))}")
+        es = ExploreSettings(**opts).validate()
+        es.seed = es.seed + self.seed + 1000 * round_
+        return n_starts, es
 
     @classmethod
     def from_dict(cls, d: dict) -> "LoopSettings":

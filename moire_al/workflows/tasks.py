@@ -88,3 +88,15 @@ class FitRoundTask(FiretaskBase):
         action = _next(self, settings, self["loop_id"], r + 1, doc.selected)
         action.stored_data.update(summary)
         return action
+
+
+@explicit_serialize
+class ExploreTask(FiretaskBase):
+    """Uncertainty-biased MD with the previous round's model; finds join the pool."""
+
+    required_params = ["loop_id", "round", "params"]
+
+    def run_task(self, fw_spec):
+        settings = LoopSettings.from_dict(self["params"])
+        out = loop.explore_round(_store(self), settings, self["loop_id"], self["round"])
+        return FWAction(stored_data={k: out[k] for k in ("round", "n_runs", "n_finds", "new")})

@@ -1,0 +1,81 @@
+"""Build and load the package's own C++ kernels (``moire_al/models/csrc/*.cpp``).
+
+A kernel is compiled once per machine with the C++ compiler (``$CXX``, else ``c++``/``g++``)
+into a content-keyed cache (``$MOIRE_AL_NATIVE_CACHE``, else ``<data dir>/native``): the
+key hashes the source, the flags and the compiler, so an edited source or another
+compiler builds anew and concurrent processes never load a half-written library
+(it is written under a temporary name and renamed). ``scripts/setup.sh`` builds them
+ahead (``python -m moire_al.models.native``); otherwise the first use does.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+from moire_al.errors import ModelError
+
+SRC_DIR = Path(__file__).with_name("csrc")
+FLAGS = ("-O3", "-std=c++17", "-fPIC", "-shared", "-fno-math-errno")
+KERNELS = ("d3",)
+_LOCK = threading.Lock()
+_LOADED: dict = {}
+
+
+def cache_dir() -> Path:
+    from moire_al.config import environment
+
+    env = environment()
+    return Path(env.native_cache).expanduser() if env.native_cache else env.data / "native"
+
+
+def compiler() -> str | None:
+    for c in ([os.environ["CXX"]] if os.environ.get("CXX") else []) + ["c++", "g++", "clang++"]:
+        path = shutil.which(c)
+        if path:
+            return path
+    return None
+
+
+def library_path(name: str) -> Path:
+    """Build (if needed) and return the path of kernel ``name``'s shared library."""
+    src = SRC_DIR / f"{name}.cpp"
+    cxx = compiler()
+    if cxx is None:
+        raise ModelError(f"no C++ compiler to build the {name} kernel (install g++ or set CXX)")
+    text = src.read_bytes()
+    key = hashlib.sha256(text + " ".join(FLAGS).encode() + cxx.encode()).hexdigest()[:16]
+    out = cache_dir() / f"lib{name}-{key}.so"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    os.close(fd)
+    try:
+        proc = subprocess.run([cxx, *FLAGS, str(src), "-o", tmp], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise ModelError(f"building the {name} kernel failed: {proc.stderr.strip()[-2000:]}")
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+def load(name: str) -> ctypes.CDLL:
+    """The loaded kernel library (built on first use, cached per process)."""
+    with _LOCK:
+        if name not in _LOADED:
+            _LOADED[name] = ctypes.CDLL(str(library_path(name)))
+        return _LOADED[name]
+
+
+if __name__ == "__main__":  # scripts/setup.sh: build every kernel ahead of first use
+    for k in KERNELS:
+        print(library_path(k))
