@@ -15,12 +15,11 @@ ranks (OpenMPI's /usr/bin/mpiexec).
 
 import sys
 import tempfile
-from pathlib import Path
 
+import scaffold  # benchmarks/scaffold.py: the tests' structures
 from moire_al.labelling import LabelRecord, get_labeller
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' small structures
-import samples  # noqa: E402
+samples = scaffold.samples()
 
 DFT = {
     "cp2k": ("cp2k", {}),

@@ -28,22 +28,12 @@ import time
 
 import numpy as np
 
-
-def _synthetic():
-    """The tests' small structure builders (tests/synthetic.py)."""
-    import importlib
-    import sys
-    from pathlib import Path
-
-    tests = str(Path(__file__).resolve().parents[1] / "tests")
-    if tests not in sys.path:
-        sys.path.insert(0, tests)
-    return importlib.import_module("synthetic")
+import scaffold  # benchmarks/scaffold.py: the tests' structures
 
 
 def _labelled(n_struct, seed, material="graphene", n=4, layers=(1, 2)):
     from moire_al.labelling.reference import reference_calculator
-    S = _synthetic()
+    S = scaffold.synthetic()
 
     return S.label(S.random_set(material, n_struct, seed=seed, n=n, layers=layers, rattle=(0.0, 0.08)),
                    reference_calculator(material), skip_failures=True)
@@ -146,7 +136,7 @@ def main(argv=None) -> int:
     from moire_al.models import ACEModel
     from moire_al.models import basis as B
     from moire_al.models import d3
-    S = _synthetic()
+    S = scaffold.synthetic()
     from moire_al.models.calculator import ACEModelCalculator
 
     load = os.getloadavg()[0]

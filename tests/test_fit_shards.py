@@ -5,7 +5,7 @@ import pytest
 
 from moire_al.labelling.reference import reference_calculator
 from moire_al.models import ACEModel
-from moire_al.models import synthetic as S
+import synthetic as S
 from moire_al.models.blr import NormalEquations
 
 PARAMS = {"order": 2, "totaldegree": 6, "committee_size": 4, "d3": False, "seed": 3}
