@@ -21,11 +21,13 @@ import os
 import sys
 import time
 
+import scaffold  # benchmarks/scaffold.py: the tests' structures
+
 
 def _model(out):
     from moire_al.labelling.reference import reference_calculator
     from moire_al.models import ACEModel
-    from moire_al.models import synthetic as S
+    S = scaffold.synthetic()
 
     path = os.path.join(out, "model")
     if os.path.exists(os.path.join(path, "model.json")):
@@ -48,7 +50,7 @@ def main(argv=None) -> int:
     import numpy as np
 
     from moire_al.analysis.explore import ExploreSettings, explore_one
-    from moire_al.models import synthetic as S
+    S = scaffold.synthetic()
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=200)

@@ -9,13 +9,17 @@ Prints one line per (labeller, structure). ``reference`` runs the whole pool
 labeller's production defaults (CP2K 280/40 Ry; GPAW PW 500 eV or LCAO dzp; k
 spacing 0.3 Å⁻¹) on the 4-atom AB graphene / hBN cells by default (~20-70 s per
 structure and code on 2 cores); ``--full`` adds 16-atom 2x2 AB cells, the 28-atom
-twisted bilayers and a 24-atom ABA trilayer (tens of minutes). ``--ranks`` sets GPAW's MPI ranks (OpenMPI's /usr/bin/mpiexec).
+twisted bilayers and a 24-atom ABA trilayer (tens of minutes). ``--ranks`` sets GPAW's MPI
+ranks (OpenMPI's /usr/bin/mpiexec).
 """
 
 import sys
 import tempfile
 
-from moire_al.labelling import LabelRecord, get_labeller, samples
+import scaffold  # benchmarks/scaffold.py: the tests' structures
+from moire_al.labelling import LabelRecord, get_labeller
+
+samples = scaffold.samples()
 
 DFT = {
     "cp2k": ("cp2k", {}),

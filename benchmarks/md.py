@@ -28,11 +28,13 @@ import os
 import sys
 import time
 
+import scaffold  # benchmarks/scaffold.py: the tests' structures
+
 T_K = 300.0
 
 
 def bilayer():
-    from moire_al.models import synthetic as S
+    S = scaffold.synthetic()
 
     return S.stacked("graphene", 2, 14, m=18, shifts=[[0, 0], [1.42, 0]], d=3.4)   # 1,008 atoms, AB
 

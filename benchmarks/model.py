@@ -28,10 +28,12 @@ import time
 
 import numpy as np
 
+import scaffold  # benchmarks/scaffold.py: the tests' structures
+
 
 def _labelled(n_struct, seed, material="graphene", n=4, layers=(1, 2)):
     from moire_al.labelling.reference import reference_calculator
-    from moire_al.models import synthetic as S
+    S = scaffold.synthetic()
 
     return S.label(S.random_set(material, n_struct, seed=seed, n=n, layers=layers, rattle=(0.0, 0.08)),
                    reference_calculator(material), skip_failures=True)
@@ -134,7 +136,7 @@ def main(argv=None) -> int:
     from moire_al.models import ACEModel
     from moire_al.models import basis as B
     from moire_al.models import d3
-    from moire_al.models import synthetic as S
+    S = scaffold.synthetic()
     from moire_al.models.calculator import ACEModelCalculator
 
     load = os.getloadavg()[0]
@@ -142,7 +144,9 @@ def main(argv=None) -> int:
     big = S.stacked("graphene", 2, 14, m=18, shifts=[[0, 0], [1.42, 0]], d=3.4)
     big.rattle(0.01, seed=0)
     n = len(big)
-    us = lambda t: 1e6 * t / n
+
+    def us(t):
+        return 1e6 * t / n
 
     # ---------------------------------------------------------------- 1. E+F
     print(f"\n## E+F on a {n}-atom bilayer graphene (µs/atom, wall; kernels single-threaded)")

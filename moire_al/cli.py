@@ -59,6 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     except MoireALError as exc:
         print(f"moire-al: error: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:
+        from pymongo.errors import ConnectionFailure
+
+        if isinstance(exc, ConnectionFailure):  # server down or unreachable: one line, no traceback
+            print(f"moire-al: error: cannot reach the job database: {str(exc).split(',')[0]} "
+                  "(is it running? `moire-al db status`)", file=sys.stderr)
+            return 1
+        raise
     except KeyboardInterrupt:
         return 130
     return int(rc or 0)

@@ -74,6 +74,27 @@ def has_label(atoms) -> bool:
     return REF_ENERGY in atoms.info and REF_FORCES in atoms.arrays
 
 
+def put_label(atoms, energy: float, forces, stress=None, d3_included: bool = False, labeller: str = ""):
+    """A copy of ``atoms`` (no calculator) carrying a label under the ``REF_`` keys: the
+    one place labels are put on structures (label records, the store, the tests)."""
+    forces = np.array(forces, dtype=float)
+    if forces.shape != (len(atoms), 3):
+        from moire_al.errors import LabelError
+
+        raise LabelError(f"a label with forces of shape {forces.shape} for {len(atoms)} atoms")
+    out = atoms.copy()
+    out.calc = None
+    out.info[REF_ENERGY] = float(energy)
+    out.arrays[REF_FORCES] = forces
+    if stress is not None:
+        out.info[REF_STRESS] = np.array(stress, dtype=float)
+    else:
+        out.info.pop(REF_STRESS, None)
+    out.info[REF_D3] = bool(d3_included)
+    out.info[REF_LABELLER] = labeller
+    return out
+
+
 def plain(obj: Any, finite_only: bool = False, iso_dates: bool = False) -> Any:
     """``obj`` as plain JSON/BSON data: numpy scalars and arrays to Python numbers and
     lists, tuples and sets to lists, mapping keys to str, anything else to ``str``.

@@ -53,13 +53,11 @@ class ServerInfo:
 
     def write(self) -> None:
         f = Path(self.path) / "server.json"
-        tmp = f.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1))
-        tmp.replace(f)
+        config.write_private(f, json.dumps(asdict(self), indent=1))
 
 
 def _find_server_exe() -> str:
-    exe = os.environ.get("MOIRE_AL_SECANTUSD")
+    exe = config.environment().secantusd
     if exe:
         return exe
     beside = Path(sys.executable).with_name(SERVER_EXE)
@@ -156,6 +154,20 @@ def _log_tail(log: Path, n: int = 6) -> str:
     return "\n".join(lines[-n:])
 
 
+def init_job_database(uri: str) -> bool:
+    """Set up FireWorks' id counters in a database that was never used, so `lpad add`
+    works on a new server at once (as the README says). Never resets one that holds
+    anything. True when it did."""
+    from fireworks import LaunchPad
+
+    lp = LaunchPad(host=uri, name=config.db_name(), uri_mode=True, strm_lvl="ERROR",
+                   mongoclient_kwargs={"serverSelectionTimeoutMS": 10000})
+    try:
+        return config.ensure_initialized(lp)
+    finally:
+        lp.connection.close()
+
+
 def status(path: Path | None = None) -> dict:
     path = Path(path or config.db_dir())
     info = ServerInfo.read(path)
@@ -176,7 +188,8 @@ def start(port: int | None = None, path: Path | None = None, host: str = "127.0.
     the data directory is held by another server, or the server does not answer.
     """
     path = Path(path or config.db_dir()).expanduser().resolve()
-    path.mkdir(parents=True, exist_ok=True)
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path, 0o700)  # the server has no authentication: only its owner may read the files
     existing = ServerInfo.read(path)
     if existing and pid_alive(existing.pid):
         if port not in (None, existing.port):
@@ -185,6 +198,7 @@ def start(port: int | None = None, path: Path | None = None, host: str = "127.0.
                 f"{existing.port}; stop it first (`moire-al db stop --path {path}`)"
             )
         if ping(existing.uri, 5000):
+            init_job_database(existing.uri)
             return existing
         raise DatabaseError(
             f"a server (pid {existing.pid}) holds {path} but does not answer on "
@@ -200,6 +214,8 @@ def start(port: int | None = None, path: Path | None = None, host: str = "127.0.
         raise DatabaseError(f"port {port} on {host} is already in use; choose another with --port")
 
     log = path / "secantusd.log"
+    if not log.exists():
+        log.touch(mode=0o600)
     # --sync-on-commit: without it a write acknowledged just before a crash (SIGKILL)
     # is lost (seen in tests/test_jobdb.py); a job database's writes are few and small.
     cmd = [_find_server_exe(), "--host", host, "--port", str(port), "--storage-path", str(path),
@@ -209,7 +225,7 @@ def start(port: int | None = None, path: Path | None = None, host: str = "127.0.
         fh.flush()
         proc = subprocess.Popen(
             cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=path, start_new_session=True,
+            cwd=path, start_new_session=True, umask=0o077,  # database files 0600
         )
     info = ServerInfo(pid=proc.pid, host=host, port=port, uri=config.local_uri(port, host),
                       path=str(path), started=time.time())
@@ -226,6 +242,7 @@ def start(port: int | None = None, path: Path | None = None, host: str = "127.0.
             raise DatabaseError(f"{reason} (exit code {rc}); log: {log}")
         if ping(info.uri, 500):
             info.write()
+            init_job_database(info.uri)
             return info
         time.sleep(0.2)
     proc.kill()

@@ -21,5 +21,17 @@ class ModelError(MoireALError, ValueError):
     """A model cannot be fitted or applied to the given data."""
 
 
+class SettingsError(MoireALError, ValueError):
+    """A parameter or setting is unknown or out of range (loop parameters, labeller
+    settings, model hyperparameters, pool recipes)."""
+
+
+class NotFoundError(MoireALError, KeyError):
+    """A loop, model or structure id that is not in the job database."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
 class DatabaseError(MoireALError):
     """The job database cannot be started, reached or used."""

@@ -6,6 +6,7 @@
 #
 #   MOIRE_AL_SKIP_DFT=1      skip CP2K/GPAW (the demo's reference labeller needs neither)
 #   MOIRE_AL_SKIP_BROWSER=1  skip chromium
+#   MOIRE_AL_SKIP_SLURM=1    skip SLURM + munge (the single-node cluster test)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -53,5 +54,9 @@ fi
 if [ "${MOIRE_AL_SKIP_BROWSER:-0}" != 1 ] && [ -f scripts/install_browser.sh ]; then
   log "headless browser for the web GUI test"
   bash scripts/install_browser.sh
+fi
+if [ "${MOIRE_AL_SKIP_SLURM:-0}" != 1 ] && [ -f scripts/install_slurm.sh ]; then
+  log "SLURM and munge for the single-node cluster test"
+  bash scripts/install_slurm.sh
 fi
 log "ready: $ROOT/.venv/bin/moire-al, $ROOT/.venv/bin/lpad"

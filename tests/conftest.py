@@ -20,6 +20,13 @@ import yaml
 
 from moire_al import dbserver
 
+# The tests' own labeller (faulty_labeller.py), for this process and for the workers
+# tests start as subprocesses (rlaunch), which import it through the plugin variable.
+TESTS_DIR = Path(__file__).resolve().parent
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS_DIR), os.environ.get("PYTHONPATH", "")) if p)
+os.environ["MOIRE_AL_LABELLER_PLUGINS"] = "faulty_labeller"
+import faulty_labeller  # noqa: E402,F401  (registers "faulty-reference")
+
 
 @dataclass
 class DBServer:

@@ -164,9 +164,15 @@ def test_measured_period_is_the_fundamental_when_a_harmonic_dominates():
     recip = 2 * np.pi * np.linalg.inv(tb.cell.array[:2, :2]).T
     gs = [i * recip[0] + j * recip[1] for i in range(-3, 4) for j in range(-3, 4) if (i, j) != (0, 0)]
     gmin = min(np.linalg.norm(g) for g in gs)
-    shell = lambda f: [g for g in gs if abs(np.linalg.norm(g) - f * gmin) < 1e-6 * gmin]
+
+    def shell(f):
+        return [g for g in gs if abs(np.linalg.norm(g) - f * gmin) < 1e-6 * gmin]
+
     xy = tb.positions[idx, :2]
-    field = lambda f: sum(np.cos(xy @ g) for g in shell(f))
+
+    def field(f):
+        return sum(np.cos(xy @ g) for g in shell(f))
+
     assert len(shell(1)) == 6 and len(shell(np.sqrt(3))) == 6
     values = 3.4 + 0.01 * field(1.0) + 0.03 * field(np.sqrt(3))
     period, _ = moire.measure_period(tb, idx, values, 2.46)
@@ -208,7 +214,7 @@ def test_all_defects_with_kc_z_where_kc_full_cannot_build_normals():
     """KC-full stops at Stone-Wales and interstitial sites; REBO + KC/z takes all four."""
     from moire_al.analysis.calculators import get_calculator
     from moire_al.analysis.defects import defect_formation_energies
-    from moire_al.models import synthetic as S
+    import synthetic as S
 
     zc = get_calculator("reference-z", "graphene")
     full = reference_calculator("graphene")

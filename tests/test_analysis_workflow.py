@@ -5,7 +5,7 @@ from fireworks import FWorker
 from fireworks.core.rocket_launcher import rapidfire
 
 from moire_al.store.mongo import Store
-from moire_al.workflows.analysis import analysis_workflow
+from moire_al.workflows.builders import analysis_workflow
 
 
 def test_analysis_firework_stores_result_with_model_id(launchpad, tmp_path, monkeypatch):
@@ -37,7 +37,7 @@ def test_polarization_sweep_fireworks_store_points_and_the_sweep(launchpad, tmp_
     gathering one (allowed to run after fizzled angles) that stores P_max(θ) and draws it."""
     import os
 
-    from moire_al.workflows.analysis import polarization_workflow
+    from moire_al.workflows.builders import polarization_workflow
 
     monkeypatch.chdir(tmp_path)
     wf = polarization_workflow(ms=(1, 2), options={"min_width": 20.0, "method": "exact",
@@ -62,7 +62,7 @@ def test_polarization_workflow_rejects_bad_options():
     import pytest
 
     from moire_al.errors import MoireALError
-    from moire_al.workflows.analysis import polarization_workflow
+    from moire_al.workflows.builders import polarization_workflow
 
     with pytest.raises(MoireALError, match="cutoff"):
         polarization_workflow(ms=(1,), options={"model": {"cutoff": -1.0}})
@@ -79,7 +79,7 @@ def test_md_fireworks_store_results_and_the_temperature_series(launchpad, tmp_pa
 
     from moire_al import structures
     from moire_al.errors import MoireALError
-    from moire_al.workflows.analysis import md_workflow
+    from moire_al.workflows.builders import md_workflow
 
     monkeypatch.chdir(tmp_path)
     store = Store.from_launchpad(launchpad)

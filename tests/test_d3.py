@@ -6,7 +6,7 @@ from ase import Atoms
 from ase.units import Bohr
 
 from moire_al.models import d3
-from moire_al.models import synthetic as S
+import synthetic as S
 
 LIBRARY_CUTOFFS = {"cutoff": 60 * Bohr, "cn_cutoff": 40 * Bohr, "chain_cutoff": 40 * Bohr}   # dftd3's own
 

@@ -35,7 +35,7 @@ def tiny(gcalc, tmp_path_factory):
     import ase.io
 
     from moire_al.models import ACEModel
-    from moire_al.models import synthetic as S
+    import synthetic as S
 
     data = S.label(S.random_set("graphene", 12, seed=3, n=3, layers=(2,), rattle=(0.0, 0.05)), gcalc)
     model = ACEModel(d3=False, order=2, totaldegree=6, committee_size=8).fit(data)
@@ -46,7 +46,7 @@ def tiny(gcalc, tmp_path_factory):
 
 
 def _start():
-    from moire_al.models import synthetic as S
+    import synthetic as S
 
     return S.stacked("graphene", 2, 3, d=3.4)
 
@@ -119,7 +119,7 @@ def test_explore_cli_writes_the_finds_it_reports(tiny, tmp_path, capsys):
 
 # ------------------------------------------------------------------ fine-tuning
 def _strained_task():
-    from moire_al.models import synthetic as S
+    import synthetic as S
 
     return [S.stacked("graphene", 2, 3, d=3.3 + 0.05 * k, strain=0.05 * (-1) ** k, rattle=0.04, seed=10 + k)
             for k in range(4)]
@@ -145,7 +145,7 @@ def test_finetune_lowers_the_task_error_and_prints_what_an_independent_evaluatio
     import json
 
     from moire_al.cli import main
-    from moire_al.models import synthetic as S
+    import synthetic as S
     from moire_al.structures import write_structures
 
     task = _strained_task()

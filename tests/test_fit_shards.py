@@ -5,7 +5,7 @@ import pytest
 
 from moire_al.labelling.reference import reference_calculator
 from moire_al.models import ACEModel
-from moire_al.models import synthetic as S
+import synthetic as S
 from moire_al.models.blr import NormalEquations
 
 PARAMS = {"order": 2, "totaldegree": 6, "committee_size": 4, "d3": False, "seed": 3}
@@ -66,7 +66,7 @@ def test_sharded_fireworks_fit_equals_single_process_fit(data, launchpad, tmp_pa
 
     from moire_al.labelling.reference import ReferenceLabeller
     from moire_al.store.mongo import Store
-    from moire_al.workflows.fitting import sharded_fit_workflow
+    from moire_al.workflows.builders import sharded_fit_workflow
 
     import moire_al.models.ace as ace
 

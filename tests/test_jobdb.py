@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -157,3 +156,40 @@ def test_two_concurrent_rlaunch_run_each_firework_once(launchpad, launchpad_file
     # Both workers took part, so the fireworks really were contended.
     worker_dirs = {Path(d["launch_dir"]).parts[-2] for d in launchpad.launches.find({}, {"launch_dir": 1})}
     assert worker_dirs == {"worker0", "worker1"}
+
+
+def test_readme_steps_on_fresh_database_db_start_then_lpad_add(tmp_path, bin_dir):
+    """README "Using it": `moire-al db start`, then `lpad -l launchpad.yaml add ...` at once."""
+    import yaml
+
+    from moire_al.workflows.builders import workflow_files_dir
+
+    env = {k: v for k, v in os.environ.items() if k != "MOIRE_AL_DB_URI"}
+    env["MOIRE_AL_DATA"] = str(tmp_path / "data")
+    port = dbserver.free_port()
+    r = subprocess.run([str(bin_dir / "moire-al"), "db", "start", "--port", str(port)], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    try:
+        lp_file = tmp_path / "launchpad.yaml"
+        lp_file.write_text(yaml.safe_dump({"host": dbserver.config.local_uri(port), "name": "moire_al",
+                                           "uri_mode": True, "strm_lvl": "ERROR"}))
+        r = subprocess.run([str(bin_dir / "lpad"), "-l", str(lp_file), "add",
+                            str(workflow_files_dir() / "graphene_hyperactive.yaml")], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120, env=env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        client = pymongo.MongoClient(dbserver.config.local_uri(port), serverSelectionTimeoutMS=5000)
+        assert client.moire_al.fireworks.count_documents({}) == 1
+        client.close()
+    finally:
+        dbserver.stop(tmp_path / "data" / "db")
+
+
+def test_commands_without_a_database_fail_in_one_line(tmp_path, bin_dir):
+    """No server on the URI: `status`/`resume` say so in one line after a short wait."""
+    uri = dbserver.config.local_uri(dbserver.free_port())
+    for cmd in (["status"], ["resume"]):  # run() times out long before a worker's 300 s wait
+        r = run([str(bin_dir / "moire-al"), *cmd], tmp_path, env={"MOIRE_AL_DB_URI": uri}, timeout=90)
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert "job database" in r.stderr

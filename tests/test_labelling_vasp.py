@@ -9,7 +9,8 @@ from ase.io import read
 
 from moire_al import conventions as conv
 from moire_al.errors import StructureError
-from moire_al.labelling import LabelFailure, get_labeller, samples
+import samples
+from moire_al.labelling import LabelFailure, get_labeller
 from moire_al.labelling.common import kpoint_mesh
 
 

@@ -274,7 +274,7 @@ def test_ace_heat_current_equals_finite_differences():
     definition J = d/dt Σ_i x_i E_i (site + kinetic energies, differentiated along
     the velocities)."""
     from moire_al.models import fast
-    from moire_al.models import synthetic as S
+    import synthetic as S
     from moire_al.models.calculator import ACEModelCalculator
 
     m = _random_ace()

@@ -23,7 +23,7 @@ os.environ.setdefault("MOIRE_AL_JAX_CACHE", os.path.join(_TMP, "jax"))
 
 from moire_al.conventions import REF_D3, REF_ENERGY, REF_FORCES, REF_STRESS  # noqa: E402
 from moire_al.errors import ModelError  # noqa: E402
-from moire_al.models import synthetic as S  # noqa: E402
+import synthetic as S  # noqa: E402
 from moire_al.models.ace import ACEModel  # noqa: E402
 from moire_al.models.basis import ACEBasis  # noqa: E402
 from moire_al.models.blr import BayesianLinearRegression  # noqa: E402

@@ -32,7 +32,7 @@ def _reference(material):
 @pytest.mark.parametrize("material", ["graphene", "hbn"])
 def test_heldout_force_rmse_matches_printed(material):
     from moire_al.models import ACEModel, format_table, rmse_table
-    from moire_al.models import synthetic as S
+    import synthetic as S
 
     calc = _reference(material)
     data = S.label(S.random_set(material, 30, seed=3, n=4, layers=(2,), rattle=(0.0, 0.05)), calc,

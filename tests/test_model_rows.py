@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from moire_al.models import basis as B
-from moire_al.models import synthetic as S
+import synthetic as S
 
 
 @eqx.filter_jit

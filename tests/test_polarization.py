@@ -12,9 +12,8 @@ from moire_al.analysis.polarization import (
     EPS0, induced_charges, polarization_analysis, polarization_sweep, surface_potential,
 )
 from moire_al.analysis.tightbinding import (
-    SlaterKoster, build_system, diagonal_moments, exact_occupations, jackson_kernel,
-    ldos_from_moments, neutrality_level, occupation_from_moments, probe_colours,
-    spectral_bounds,
+    SlaterKoster, build_system, diagonal_moments, exact_occupations, ldos_from_moments, neutrality_level,
+    occupation_from_moments, probe_colours, spectral_bounds,
 )
 from moire_al.errors import MoireALError, StructureError
 

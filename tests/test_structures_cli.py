@@ -1,18 +1,15 @@
 """`moire-al build ...` subcommands."""
 
-import time
-
 import pytest
 
 from moire_al.cli import main
 from moire_al.structures.io import read_structures
 
 
-def test_build_twisted_1p05_fast(tmp_path):
+def test_build_twisted_1p05(tmp_path):
+    # its speed (goal < 10 s for the command) is measured by benchmarks/structures.py
     out = tmp_path / "tbg.xyz"
-    t = time.perf_counter()
     assert main(["build", "twisted", "--material", "graphene", "--angle", "1.05", "-o", str(out)]) == 0
-    assert time.perf_counter() - t < 10
     (at,) = read_structures(out)
     assert len(at) == 11908 and at.info["theta_deg"] == pytest.approx(1.0501, abs=1e-4)
     assert at.arrays["layer"].sum() == 11908 // 2

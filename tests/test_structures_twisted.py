@@ -60,7 +60,8 @@ def test_stackings_graphene():
     custom = multilayer("graphene", "AA", 3.4, shifts=[[0, 0], [0.5, 0.1]])
     assert np.allclose(custom.positions[2:, :2] - aa.positions[2:, :2], [0.5, 0.1], atol=1e-9)
     tri = multilayer("graphene", "AB", [3.3, 3.5])
-    assert tri.info["n_layers"] == 3 and sorted(set(tri.positions[:, 2] - tri.positions[:, 2].min())) == pytest.approx([0, 3.3, 6.8])
+    assert tri.info["n_layers"] == 3
+    assert sorted(set(tri.positions[:, 2] - tri.positions[:, 2].min())) == pytest.approx([0, 3.3, 6.8])
     assert tri.cell[2, 2] == pytest.approx(6.8 + 20.0)
 
 
@@ -115,13 +116,10 @@ def test_moire_period_formula_and_info():
     assert at.info["hash"] == structure_hash(at)
 
 
-def test_angle_picks_nearest_cell_and_large_cell_is_fast():
-    import time
-
+def test_angle_picks_nearest_cell_and_builds_the_large_cell():
+    # its speed (goal < 2 s) is measured by benchmarks/structures.py
     assert nearest_commensurate(1.05) == (31, 1) and nearest_commensurate(1.08) == (30, 1)
-    t = time.perf_counter()
     at = twisted_bilayer("graphene", angle=1.05)
-    assert time.perf_counter() - t < 2.0
     assert len(at) == 11908 and at.info["theta_deg"] == pytest.approx(1.0501, abs=1e-4)
     # no duplicated sites: all in-plane positions of a layer distinct
     xy = np.round(at.positions[at.arrays["layer"] == 0, :2], 4)

@@ -12,6 +12,7 @@ import numpy as np
 
 from moire_al.analysis.common import (calc_label, jsonable, lattice_constant, material_of,
                                       primitive_bilayer)
+from moire_al.errors import SettingsError
 
 # stacking name -> (shift along the bond direction in bond lengths, swap top species)
 STACKINGS = {
@@ -29,7 +30,7 @@ def stacking_bilayer(material: str, stacking: str, d: float, a: float | None = N
     try:
         shift, swap = STACKINGS[material][stacking]
     except KeyError:
-        raise ValueError(f"unknown stacking {stacking!r} for {material} "
+        raise SettingsError(f"unknown stacking {stacking!r} for {material} "
                          f"(known: {', '.join(STACKINGS[material])})") from None
     atoms = primitive_bilayer(material, shift, d, a=a, swap_top=swap)
     atoms.info["stacking"] = stacking

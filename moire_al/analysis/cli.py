@@ -8,7 +8,6 @@ Heavy imports happen inside the handlers.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 

@@ -33,18 +33,10 @@ def lattice_constant(material: str, a: float | None = None) -> float:
 
 
 def layers_of(atoms) -> np.ndarray:
-    """Layer index per atom: ``arrays["layer"]`` or clustering of z (gap > 1.5 Å)."""
-    if "layer" in atoms.arrays:
-        return np.asarray(atoms.arrays["layer"]).astype(int).ravel()
-    z = atoms.positions[:, 2]
-    order = np.argsort(z)
-    layer = np.empty(len(atoms), dtype=int)
-    cur = 0
-    for k, i in enumerate(order):
-        if k and z[i] - z[order[k - 1]] > 1.5:
-            cur += 1
-        layer[i] = cur
-    return layer
+    """Layer index per atom (:func:`moire_al.geometry.find_layers`)."""
+    from moire_al.geometry import find_layers
+
+    return find_layers(atoms)
 
 
 def calc_label(calc, calc_name: str | None = None) -> str:
@@ -89,6 +81,19 @@ def tiled_xy(positions: np.ndarray, cell: np.ndarray, n: int = 1):
     return np.concatenate(xy), np.concatenate(idx)
 
 
+# The analyses' cells in the orientation their paths and axes assume: the 2-atom cell
+# a1 = (a, 0), a2 = (-a/2, a√3/2) (120°) with bonds along y (armchair), i.e. the honeycomb
+# of moire_al.structures.lattice rotated by 60° (which maps the lattice onto itself).
+_ROT = np.pi / 3
+_M_PRIMITIVE = np.array([[1, -1], [0, 1]])  # (a, 0), (-a/2, a√3/2) in the rotated primitive vectors
+
+
+def _honeycomb(material, a, M, shift=(0.0, 0.0), flip=False):
+    from moire_al.structures.lattice import layer_sites
+
+    return layer_sites(material, a, M, phi=_ROT, flip=flip, shift=shift)
+
+
 def primitive_bilayer(material: str, shift_bonds: float = 0.0, d: float = 3.4,
                       a: float | None = None, swap_top: bool = False,
                       vacuum: float = 20.0):
@@ -99,26 +104,15 @@ def primitive_bilayer(material: str, shift_bonds: float = 0.0, d: float = 3.4,
     BA), 0.5 = "Mid" (between AA and AB). For hBN, ``swap_top`` exchanges B and N in
     the top layer, so shift 0 with ``swap_top`` is AA' (B over N).
     """
-    from ase import Atoms
+    from moire_al.structures.lattice import assemble
 
     material = material_of(None, material)
     a = lattice_constant(material, a)
     b = a / math.sqrt(3.0)
-    cell = np.array([[a, 0, 0], [-a / 2, a * math.sqrt(3) / 2, 0], [0, 0, d + vacuum]])
-    # sublattice sites: A at origin, B one bond along +y (the armchair direction here)
-    sites = np.array([[0.0, 0.0], [0.0, b]])
-    if material == "graphene":
-        bottom_sym = ["C", "C"]
-        top_sym = ["C", "C"]
-    else:
-        bottom_sym = ["B", "N"]
-        top_sym = ["N", "B"] if swap_top else ["B", "N"]
-    z0 = vacuum / 2
-    pos = [[x, y, z0] for x, y in sites]
-    pos += [[x, y + shift_bonds * b, z0 + d] for x, y in sites]
-    atoms = Atoms(bottom_sym + top_sym, positions=pos, cell=cell, pbc=True)
-    atoms.wrap()
-    atoms.arrays["layer"] = np.array([0, 0, 1, 1])
+    xy0, z0, T = _honeycomb(material, a, _M_PRIMITIVE)
+    xy1, z1, _ = _honeycomb(material, a, _M_PRIMITIVE, shift=(0.0, shift_bonds * b),
+                            flip=swap_top and material == "hbn")
+    atoms = assemble([xy0, xy1], [z0, z1], T, [d], vacuum)
     atoms.info["material"] = material
     atoms.info["n_layers"] = 2
     return atoms
@@ -128,23 +122,12 @@ def rectangular_monolayer(material: str, nx: int = 4, ny: int = 3, a: float | No
                           vacuum: float = 20.0):
     """Orthogonal monolayer cell: x along zigzag (length nx·a), y along armchair
     (length ny·√3·a); 4·nx·ny atoms."""
-    from ase import Atoms
+    from moire_al.structures.lattice import assemble
 
     material = material_of(None, material)
     a = lattice_constant(material, a)
-    b = a / math.sqrt(3.0)
-    basis = np.array([[0, 0], [0, b], [a / 2, 1.5 * b], [a / 2, 2.5 * b]])
-    syms = ["C"] * 4 if material == "graphene" else ["B", "N", "B", "N"]
-    # B at (a/2, 1.5b) bonded to A at (0, b)? check: sites 0,1 bonded, 1-2 bonded, 2-3 bonded
-    pos, sym = [], []
-    for i in range(nx):
-        for j in range(ny):
-            for (x, y), s in zip(basis, syms):
-                pos.append([x + i * a, y + j * 3 * b, vacuum / 2])
-                sym.append(s)
-    atoms = Atoms(sym, positions=pos, cell=[nx * a, ny * 3 * b, vacuum], pbc=True)
-    atoms.wrap()
-    atoms.arrays["layer"] = np.zeros(len(atoms), dtype=int)
+    xy, z, T = _honeycomb(material, a, np.array([[nx, -nx], [ny, ny]]))
+    atoms = assemble([xy], [z], T, [], vacuum)
     atoms.info["material"] = material
     atoms.info["n_layers"] = 1
     return atoms

@@ -20,7 +20,8 @@ mean force; ramp(step) = min(1, step / ramp_steps) switches it on smoothly.
 The run (ASE Langevin through :func:`moire_al.analysis.md.run_md`) stops when the
 max relative force uncertainty max_i σ_F,i / (|F_i| + ε) passes ``tolerance``; the
 configuration at that step is returned with the uncertainty the committee reports
-for it (from step 1 on: the start, usually a training structure, is never a find). Physics only: no workflow engine here.
+for it (from step 1 on: the start, usually a training structure, is never a find).
+Physics only: no workflow engine here.
 """
 
 from __future__ import annotations

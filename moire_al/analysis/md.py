@@ -585,7 +585,8 @@ def md_analysis(atoms, calc, calc_name: str | None = None, temperature: float = 
                        "vacf_outofplane": _decimate(vac["vacf_outofplane"]),
                        "vacf0": float(vac["vacf"][0]), "mv2_eV": vac["mv2_eV"],
                        "mv2_components_eV": vac["mv2_components_eV"],
-                       "equipartition_3kT_eV": 3 * KB * float(run.temperature_K[int(discard * len(run.temperature_K)):].mean())}
+                       "equipartition_3kT_eV":
+                           3 * KB * float(run.temperature_K[int(discard * len(run.temperature_K)):].mean())}
         res["vdos"] = {"frequency_THz": _decimate(vd["frequency_THz"], 600), "dos": _decimate(vd["dos"], 600),
                        "mean_frequency_THz": vd["mean_frequency_THz"], "resolution_THz": vd["resolution_THz"]}
         if phonon_dos:

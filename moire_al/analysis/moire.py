@@ -18,6 +18,7 @@ from scipy.spatial import cKDTree
 
 from moire_al.analysis.common import (calc_label, jsonable, lattice_constant, layers_of,
                                       material_of, tiled_xy)
+from moire_al.errors import StructureError
 
 # Angle thresholds (degrees) of the four regimes of twisted hBN in seed 000.
 REGIME_ANGLES = ((13.17, "moire"), (5.09, "transition"), (1.89, "soliton"))
@@ -65,7 +66,7 @@ def _pick_layers(atoms, layer, other):
     layers = layers_of(atoms)
     ids = np.unique(layers)
     if len(ids) < 2:
-        raise ValueError("moiré analysis needs at least two layers")
+        raise StructureError("moiré analysis needs at least two layers")
     if layer is None:
         layer = int(ids[-1])
     if other is None:
@@ -160,7 +161,7 @@ def displacements(atoms, reference):
     (a rigid slide or lift of a layer is not reconstruction).
     Returns ``(u_inplane (N, 2), u_z (N,))``."""
     if len(reference) != len(atoms):
-        raise ValueError("reference must have the same atoms as the relaxed structure")
+        raise StructureError("reference must have the same atoms as the relaxed structure")
     u = atoms.positions - reference.positions
     # minimum image in-plane, in case one of them was wrapped
     cell = atoms.cell.array

@@ -12,6 +12,7 @@ import time
 import numpy as np
 
 from moire_al.analysis.common import attach, calc_label
+from moire_al.errors import SettingsError
 
 OPTIMIZERS = ("LBFGS", "FIRE", "BFGS")
 
@@ -27,7 +28,7 @@ def _optimizer(name: str):
     if name == "BFGS":
         from ase.optimize import BFGS
         return BFGS
-    raise ValueError(f"unknown optimizer {name!r} (choose from {', '.join(OPTIMIZERS)})")
+    raise SettingsError(f"unknown optimizer {name!r} (choose from {', '.join(OPTIMIZERS)})")
 
 
 def max_force(atoms) -> float:

@@ -20,6 +20,7 @@ import numpy as np
 
 from moire_al.analysis.common import (EV_PER_A3_TO_GPA, LAYER_THICKNESS, calc_label, jsonable,
                                       layers_of, material_of, rectangular_monolayer)
+from moire_al.errors import StructureError
 
 
 def orthogonal_cell(atoms):
@@ -38,7 +39,7 @@ def orthogonal_cell(atoms):
         np.array([[1, 0, 0], [-1, 2, 0], [0, 0, 1]])
     sup = make_supercell(atoms, P)
     if abs(np.dot(sup.cell[0], sup.cell[1])) > 1e-6:
-        raise ValueError("cannot build an orthogonal cell from this cell")
+        raise StructureError("cannot build an orthogonal cell from this cell")
     # rotate so that a1 is along x and a2 along +y
     ang = math.atan2(sup.cell[0][1], sup.cell[0][0])
     sup.rotate(-math.degrees(ang), "z", rotate_cell=True)

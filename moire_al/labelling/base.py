@@ -86,7 +86,9 @@ class LabelRecord:
         if self.stress is not None:
             s = _finite_array("stress", self.stress)
             if s.shape == (3, 3):
-                s = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
+                from ase.stress import full_3x3_to_voigt_6_stress
+
+                s = full_3x3_to_voigt_6_stress(s)
             if s.shape != (6,):
                 raise LabelError(f"stress has shape {s.shape}, expected (6,) Voigt")
             self.stress = s
@@ -114,16 +116,7 @@ class LabelRecord:
             raise LabelError(
                 f"label {self.key} has {len(self.forces)} forces, structure has {len(atoms)} atoms"
             )
-        out = atoms.copy()
-        out.calc = None
-        out.info[conv.REF_ENERGY] = self.energy
-        out.arrays[conv.REF_FORCES] = self.forces.copy()
-        if self.stress is not None:
-            out.info[conv.REF_STRESS] = self.stress.copy()
-        else:
-            out.info.pop(conv.REF_STRESS, None)
-        out.info[conv.REF_D3] = self.d3_included
-        out.info[conv.REF_LABELLER] = self.labeller
+        out = conv.put_label(atoms, self.energy, self.forces, self.stress, self.d3_included, self.labeller)
         out.info["label_key"] = self.key
         out.info["label_wall_s"] = round(float(self.wall_time), 2)
         out.info["label_code_version"] = f"{self.code} {self.code_version}"
@@ -183,7 +176,7 @@ def check_structure(atoms, name: str = "", min_dist: float = 0.7, elements=None)
     Checks: non-empty, finite positions, a 3-D periodic cell of non-zero volume,
     no two atoms closer than ``min_dist`` Å, species within ``elements``.
     """
-    from moire_al.labelling.reference import check_overlaps
+    from moire_al.geometry import check_overlaps
 
     where = f"structure {name}: " if name else "structure: "
     if len(atoms) == 0:

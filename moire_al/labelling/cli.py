@@ -22,8 +22,9 @@ def register(subparsers) -> None:
     )
     p.add_argument("input", help="structures (extxyz or anything ase reads)")
     p.add_argument("-o", "--output", required=True, help="labelled structures (extxyz)")
-    p.add_argument("--labeller", default="cp2k",
-                   choices=["reference", "cp2k", "gpaw", "vasp-inputs", "dataset"],
+    from moire_al.labelling import labeller_names
+
+    p.add_argument("--labeller", default="cp2k", choices=labeller_names(),
                    help="dataset: replay labels from a labelled file (--settings with {\"path\": ...})")
     p.add_argument("--settings", help="JSON (or YAML) file with labeller settings")
     p.add_argument("--workdir", default=None, help="run directories (default: OUT.runs/)")
@@ -31,16 +32,32 @@ def register(subparsers) -> None:
 
 
 def _read_settings(path):
+    """Labeller settings from a JSON or YAML file: a mapping, or one clear line."""
+    from moire_al.errors import SettingsError
+
     if not path:
         return None
-    with open(path) as fh:
-        text = fh.read()
     try:
-        return json.loads(text)
+        with open(path) as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise SettingsError(f"--settings {path}: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(text)
     except ValueError:
         import yaml
 
-        return yaml.safe_load(text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            where = getattr(exc, "problem_mark", None)
+            raise SettingsError(f"--settings {path}: neither JSON nor YAML"
+                                + (f" (line {where.line + 1})" if where else "")) from None
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise SettingsError(f"--settings {path}: expected a mapping of labeller settings, got {type(data).__name__}")
+    return data
 
 
 def _read_input(path):

@@ -26,8 +26,9 @@ import subprocess
 
 import numpy as np
 from ase import units
+from ase.stress import full_3x3_to_voigt_6_stress
 
-from moire_al.errors import LabelError, StructureError
+from moire_al.errors import LabelError, SettingsError, StructureError
 from moire_al.labelling.base import check_structure, structure_name
 from moire_al.labelling.common import (
     finite_floats, kpoint_mesh, label_through_custodian, map_by_position, require_binary,
@@ -139,10 +140,10 @@ class Cp2kLabeller:
         settings = dict(settings or {})
         unknown = set(settings) - set(DEFAULTS) - set(RUN_OPTIONS)
         if unknown:
-            raise ValueError(f"cp2k labeller: unknown setting(s) {sorted(unknown)}")
+            raise SettingsError(f"cp2k labeller: unknown setting(s) {sorted(unknown)}")
         self.run_options = {k: settings.pop(k, v) for k, v in RUN_OPTIONS.items()}
         if int(self.run_options["ranks"]) < 1 or int(self.run_options["omp_threads"]) < 1:
-            raise ValueError("cp2k labeller: ranks and omp_threads must be >= 1")
+            raise SettingsError("cp2k labeller: ranks and omp_threads must be >= 1")
         s = dict(DEFAULTS)
         s.update(settings)
         self.settings = s
@@ -294,5 +295,5 @@ def parse_cp2k(workdir, atoms):
         raise LabelError("cannot parse the CP2K stress tensor")
     s3 = np.array([finite_floats(r[1:], "stress") for r in st])
     s3 = -s3 * units.GPa  # CP2K: positive = compressive; ASE: positive = tensile
-    stress = np.array([s3[0, 0], s3[1, 1], s3[2, 2], s3[1, 2], s3[0, 2], s3[0, 1]])
+    stress = full_3x3_to_voigt_6_stress(s3)
     return energy, forces, stress

@@ -42,7 +42,7 @@ from functools import lru_cache
 import numpy as np
 from custodian.custodian import ErrorHandler, Job
 
-from moire_al.errors import LabelError
+from moire_al.errors import LabelError, SettingsError
 from moire_al.labelling.base import check_structure, structure_name
 from moire_al.labelling.common import kpoint_mesh, label_through_custodian
 
@@ -298,15 +298,15 @@ class GpawLabeller:
         settings = dict(settings or {})
         unknown = set(settings) - set(DEFAULTS) - set(RUN_OPTIONS)
         if unknown:
-            raise ValueError(f"gpaw labeller: unknown setting(s) {sorted(unknown)}")
+            raise SettingsError(f"gpaw labeller: unknown setting(s) {sorted(unknown)}")
         self.run_options = {k: settings.pop(k, v) for k, v in RUN_OPTIONS.items()}
         s = dict(DEFAULTS)
         s.update(settings)
         s["mode"] = str(s["mode"]).lower()
         if s["mode"] not in MODES:
-            raise ValueError(f"gpaw labeller: mode must be one of {MODES}, got {s['mode']!r}")
+            raise SettingsError(f"gpaw labeller: mode must be one of {MODES}, got {s['mode']!r}")
         if int(self.run_options["ranks"]) < 1 or int(s["max_corrections"]) < 0:
-            raise ValueError("gpaw labeller: ranks must be >= 1 and max_corrections >= 0")
+            raise SettingsError("gpaw labeller: ranks must be >= 1 and max_corrections >= 0")
         self.settings = s
 
     # ------------------------------------------------------------ inputs

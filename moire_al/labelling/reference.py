@@ -33,15 +33,14 @@ from dataclasses import dataclass
 
 import numpy as np
 from ase import units
+from ase.stress import full_3x3_to_voigt_6_stress, voigt_6_to_full_3x3_stress
 from ase.calculators.calculator import Calculator, all_changes
 
-from moire_al.errors import LabelError, StructureError
+from moire_al.errors import LabelError, SettingsError, StructureError
+from moire_al.geometry import LAYER_Z_GAP, check_overlaps, find_layers, vacuum_shift  # noqa: F401
 
 # A z gap at least this wide (Å) counts as vacuum: z is then non-periodic.
 VACUUM_GAP = 6.0
-# Atoms in one layer are within this z distance (Å) of a neighbour in the layer
-# when layers are found by clustering z.
-LAYER_Z_GAP = 1.5
 INTERLAYER_CUTOFF = 16.0  # Å, the published cut-off of KC-full and ILP (tapered)
 
 MASSES = {"B": 10.811, "C": 12.011, "N": 14.0067, "H": 1.008}
@@ -174,45 +173,6 @@ def lammps_version() -> str:
 
 
 # ---------------------------------------------------------------- geometry
-def find_layers(atoms, z_gap: float = LAYER_Z_GAP) -> np.ndarray:
-    """Layer index per atom (0 = bottom): ``arrays["layer"]`` or z clustering."""
-    if "layer" in atoms.arrays:
-        layer = np.asarray(atoms.arrays["layer"]).astype(int).ravel()
-        if layer.shape != (len(atoms),) or (layer < 0).any():
-            raise StructureError("arrays['layer'] must be one non-negative int per atom")
-        return layer
-    z = _unwrapped_z(atoms)
-    order = np.argsort(z)
-    layer = np.empty(len(atoms), dtype=int)
-    current = 0
-    for k, i in enumerate(order):
-        if k and z[i] - z[order[k - 1]] > z_gap:
-            current += 1
-        layer[i] = current
-    return layer
-
-
-def _vacuum_shift(frac_z: np.ndarray, cz: float) -> tuple[float, float]:
-    """(shift in fractional z that puts the widest gap at the cell boundary, gap Å)."""
-    fz = np.sort(np.mod(frac_z, 1.0))
-    if len(fz) == 0:
-        return 0.0, cz
-    gaps = np.diff(np.concatenate([fz, [fz[0] + 1.0]]))
-    k = int(np.argmax(gaps))
-    start = fz[(k + 1) % len(fz)]  # first atom after the widest gap
-    return -start + 0.5 * gaps[k], gaps[k] * cz
-
-
-def _unwrapped_z(atoms) -> np.ndarray:
-    cell = atoms.cell.array
-    if atoms.pbc[2] and abs(np.linalg.det(cell)) > 1e-9:
-        frac = np.linalg.solve(cell.T, atoms.positions.T).T
-        shift, _ = _vacuum_shift(frac[:, 2], np.linalg.norm(cell[2]))
-        fz = np.mod(frac[:, 2] + shift, 1.0)
-        return fz * abs(np.linalg.det(cell)) / np.linalg.norm(np.cross(cell[0], cell[1]))
-    return atoms.positions[:, 2].copy()
-
-
 @dataclass
 class LammpsBox:
     """A cell in LAMMPS' lower-triangular form and the map to it."""
@@ -260,7 +220,7 @@ def lammps_box(atoms, z_shift: float | None = None) -> LammpsBox:
     z_open = False
     shift = 0.0
     if abs(cx) < 1e-8 and abs(cy) < 1e-8:
-        shift, gap = _vacuum_shift(frac[:, 2], cz)
+        shift, gap = vacuum_shift(frac[:, 2], cz)
         if gap >= VACUUM_GAP:
             z_open = True
             if z_shift is not None:
@@ -272,20 +232,6 @@ def lammps_box(atoms, z_shift: float | None = None) -> LammpsBox:
     frac[frac >= 1.0 - 1e-12] = 0.0
     pos = frac @ lower
     return LammpsBox(la, by, cz, bx, cx, cy, rot, pos, z_open, shift if z_open else 0.0)
-
-
-def check_overlaps(atoms, min_dist: float = 0.7) -> None:
-    """Raise :class:`StructureError` if two atoms are closer than ``min_dist`` Å."""
-    from ase.neighborlist import neighbor_list
-
-    if len(atoms) < 2:
-        return
-    i, j, d = neighbor_list("ijd", atoms, min_dist)
-    if len(d):
-        k = int(np.argmin(d))
-        raise StructureError(
-            f"atoms {i[k]} and {j[k]} overlap ({d[k]:.3f} Å < {min_dist} Å)"
-        )
 
 
 # ---------------------------------------------------------------- calculator
@@ -496,14 +442,8 @@ class ReferencePotential(Calculator):
             extra = {"energies": e_at, "virials": W}
         p = np.array([lmp.get_thermo(k) for k in ("pxx", "pyy", "pzz", "pyz", "pxz", "pxy")])
         sig_lmp = -p * units.bar  # ASE sign: stress = -pressure
-        s = np.array([
-            [sig_lmp[0], sig_lmp[5], sig_lmp[4]],
-            [sig_lmp[5], sig_lmp[1], sig_lmp[3]],
-            [sig_lmp[4], sig_lmp[3], sig_lmp[2]],
-        ])
-        s_ase = box.rotation @ s @ box.rotation.T
-        stress = np.array([s_ase[0, 0], s_ase[1, 1], s_ase[2, 2],
-                           s_ase[1, 2], s_ase[0, 2], s_ase[0, 1]])
+        s_ase = box.rotation @ voigt_6_to_full_3x3_stress(sig_lmp) @ box.rotation.T
+        stress = full_3x3_to_voigt_6_stress(s_ase)
         if not (np.isfinite(energy) and np.isfinite(forces).all() and np.isfinite(stress).all()):
             raise LabelError("reference potential returned non-finite energy/forces/stress")
         self.results = {
@@ -528,12 +468,6 @@ def reference_calculator(material: str | None = None) -> ReferencePotential:
 
 
 # ---------------------------------------------------------------- labeller
-FAIL_ON_ENV = "MOIRE_AL_REFERENCE_FAIL_ON"
-SLEEP_ENV = "MOIRE_AL_REFERENCE_SLEEP"
-# Test hooks: taken out of the settings, so they never change a label key.
-FAULT_SETTINGS = ("fail_on", "fail_mode", "sleep")
-
-
 class ReferenceLabeller:
     """Labels with the reference potential (not DFT) — fast, for tests and benchmarks.
 
@@ -543,74 +477,50 @@ class ReferenceLabeller:
       structure's ``info["material"]``, else chosen from its elements.
     - ``min_dist``: overlap threshold, Å (default 0.7).
 
-    Fault-injection hooks for the loop's tests (removed from ``settings``, so they
-    do not change label keys; a rerun without them labels the same keys):
-
-    - ``fail_on``: list of structure hashes (or ``"*"`` for all) to fail on; also
-      from the env var ``MOIRE_AL_REFERENCE_FAIL_ON`` (comma-separated);
-    - ``fail_mode``: ``"failure"`` (default: return a :class:`LabelFailure` with
-      ``error_type="InjectedFault"``) or ``"raise"`` (raise :class:`LabelError`,
-      like a crashing worker);
-    - ``sleep``: seconds to sleep before labelling (also env
-      ``MOIRE_AL_REFERENCE_SLEEP``), so a worker can be killed mid-label.
-
     No D3 is added: ``d3_included`` is False (KC/ILP already hold the interlayer
     binding).
     """
 
     name = "reference"
     code = "lammps"
+    d3_included = False
+    SETTINGS = ("material", "min_dist")
 
     def __init__(self, settings: dict | None = None):
         settings = dict(settings or {})
-        self.fail_on = settings.pop("fail_on", None)
-        self.fail_mode = settings.pop("fail_mode", "failure")
-        self.sleep = float(settings.pop("sleep", 0.0) or 0.0)
-        unknown = set(settings) - {"material", "min_dist"}
+        unknown = set(settings) - set(self.SETTINGS)
         if unknown:
-            raise ValueError(f"reference labeller: unknown setting(s) {sorted(unknown)}")
-        if self.fail_mode not in ("failure", "raise"):
-            raise ValueError("fail_mode must be 'failure' or 'raise'")
+            raise SettingsError(f"{self.name} labeller: unknown setting(s) {sorted(unknown)}")
         self.settings = settings
         self._calcs: dict = {}
-
-    def _fail_set(self) -> set:
-        out = set()
-        if self.fail_on:
-            out |= {self.fail_on} if isinstance(self.fail_on, str) else set(self.fail_on)
-        env = os.environ.get(FAIL_ON_ENV, "")
-        out |= {h.strip() for h in env.split(",") if h.strip()}
-        return out
 
     def _calc(self, material):
         if material not in self._calcs:
             self._calcs[material] = ReferencePotential(material=material)
         return self._calcs[material]
 
-    def label(self, atoms, workdir=None):
-        import time
+    def check(self, atoms) -> PotentialSpec:
+        """The potential for ``atoms``; :class:`StructureError` for input it cannot label."""
+        from moire_al.labelling.base import check_structure, structure_name
 
-        from moire_al import conventions as conv
-        from moire_al.labelling.base import (
-            check_structure, failure_from_exception, record_from_results, structure_name,
-        )
-
-        t0 = time.perf_counter()
         material = self.settings.get("material") or atoms.info.get("material") or None
         spec = potential_for(material, atoms.get_chemical_symbols())  # StructureError
         check_structure(atoms, structure_name(atoms), self.settings.get("min_dist", 0.7),
                         elements=spec.elements)
-        sleep = self.sleep or float(os.environ.get(SLEEP_ENV, "0") or 0)
-        if sleep > 0:
-            time.sleep(sleep)
-        h = conv.structure_hash(atoms)
-        fail = self._fail_set()
-        if h in fail or "*" in fail:
-            exc = InjectedFault(f"injected fault for structure {h}")
-            if self.fail_mode == "raise":
-                raise LabelError(str(exc))
-            return failure_from_exception(atoms, self, exc, wall_time=time.perf_counter() - t0,
-                                          workdir=workdir)
+        return spec
+
+    def label(self, atoms, workdir=None):
+        import time
+
+        t0 = time.perf_counter()
+        return self.compute(atoms, self.check(atoms), workdir, t0)
+
+    def compute(self, atoms, spec: PotentialSpec, workdir, t0: float):
+        """The label of a checked structure (a LAMMPS fault: a :class:`LabelFailure`)."""
+        import time
+
+        from moire_al.labelling.base import failure_from_exception, record_from_results
+
         work = atoms.copy()
         work.calc = self._calc(spec.material)
         try:
@@ -626,7 +536,3 @@ class ReferenceLabeller:
             d3_included=False, wall_time=time.perf_counter() - t0, converged=True,
             corrections=[], workdir=workdir,
         )
-
-
-class InjectedFault(LabelError):
-    """A failure asked for by the ``fail_on`` test hook."""

@@ -31,6 +31,7 @@ import time
 import warnings
 
 from moire_al import conventions as conv
+from moire_al.errors import SettingsError
 from moire_al.labelling.base import LabelFailure, check_structure, structure_name
 from moire_al.labelling.common import kpoint_mesh, map_by_position
 
@@ -117,7 +118,7 @@ class VaspInputsLabeller:
     def __init__(self, settings: dict | None = None):
         unknown = set(settings or {}) - set(DEFAULTS)
         if unknown:
-            raise ValueError(f"vasp-inputs labeller: unknown setting(s) {sorted(unknown)}")
+            raise SettingsError(f"vasp-inputs labeller: unknown setting(s) {sorted(unknown)}")
         s = dict(DEFAULTS)
         s.update(settings or {})
         s["incar"] = dict(s["incar"] or {})

@@ -126,6 +126,45 @@ class ACEModel:
         self.basis_ = None
 
     # ------------------------------------------------------------------ helpers
+    @classmethod
+    def check_params(cls, params: dict) -> None:
+        """Raise :class:`ModelError` naming the first unknown or bad hyperparameter."""
+        import inspect
+
+        known = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+        unknown = sorted(set(params) - set(known))
+        if unknown:
+            raise ModelError(f"unknown ACEModel hyperparameter(s) {', '.join(map(repr, unknown))}; "
+                             f"known: {', '.join(known)}")
+
+        def is_int(v):
+            return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+        def is_num(v):
+            return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+        for k in ("order", "totaldegree", "committee_size"):
+            if k == "totaldegree" and params.get(k, 0) is None:
+                continue  # None: the default degree for the species
+            if k in params and not (is_int(params[k]) and params[k] >= 1):
+                raise ModelError(f"ACEModel hyperparameter {k!r} must be a positive integer, got {params[k]!r}")
+        for k in ("rcut", "wL", "prior_power"):
+            if k in params and not (is_num(params[k]) and params[k] > 0):
+                raise ModelError(f"ACEModel hyperparameter {k!r} must be a positive number, got {params[k]!r}")
+        if "seed" in params and not is_int(params["seed"]):
+            raise ModelError(f"ACEModel hyperparameter 'seed' must be an integer, got {params['seed']!r}")
+        if "d3" in params and not isinstance(params["d3"], bool):
+            raise ModelError(f"ACEModel hyperparameter 'd3' must be true or false, got {params['d3']!r}")
+        w = params.get("weights")
+        if w is not None:
+            if not isinstance(w, dict) or set(w) - set(DEFAULT_WEIGHTS) or \
+                    not all(is_num(v) and v >= 0 for v in w.values()):
+                raise ModelError(f"ACEModel hyperparameter 'weights' must map E, F, V to non-negative "
+                                 f"numbers, got {w!r}")
+        el = params.get("elements")
+        if el is not None and not isinstance(el, (list, tuple)):
+            raise ModelError(f"ACEModel hyperparameter 'elements' must be a list of species, got {el!r}")
+
     def get_params(self) -> dict:
         return {k: getattr(self, k) for k in ("elements", "order", "totaldegree", "rcut", "committee_size",
                                                "weights", "d3", "seed", "wL", "prior_power")}

@@ -36,13 +36,14 @@ def _enable_compilation_cache() -> None:
     """Persist XLA executables across processes (compiling the basis kernels costs
     tens of seconds; every refit of the loop reuses them). ``$MOIRE_AL_JAX_CACHE``
     overrides the location; ``none`` disables."""
-    loc = os.environ.get("MOIRE_AL_JAX_CACHE")
+    from moire_al.config import environment
+
+    env = environment()
+    loc = env.jax_cache
     if loc and loc.lower() == "none":
         return
     if not loc:
-        from moire_al.config import data_dir
-
-        loc = str(data_dir() / "jax-cache")
+        loc = str(env.data / "jax-cache")
     try:
         Path(loc).mkdir(parents=True, exist_ok=True)
         jax.config.update("jax_compilation_cache_dir", loc)
@@ -217,7 +218,8 @@ class ACEBasis:
         perm = np.empty(self.L, dtype=np.int64)
         for z in range(self.NZ):
             perm[z * self.D: z * self.D + self.n_B] = z * self.n_B + np.arange(self.n_B)
-            perm[z * self.D + self.n_B: (z + 1) * self.D] = self.NZ * self.n_B + z * self.n_pair + np.arange(self.n_pair)
+            perm[z * self.D + self.n_B: (z + 1) * self.D] = \
+                self.NZ * self.n_B + z * self.n_pair + np.arange(self.n_pair)
         self._perm = perm
         self.gamma = np.asarray(b.gamma, float)[perm]   # algebraic smoothness prior, our layout
 

@@ -34,11 +34,11 @@ class ACEModelCalculator(Calculator):
 
     def __init__(self, model, committee: bool = True, evaluator: str | None = None, **kwargs):
         super().__init__(**kwargs)
-        import os
+        from moire_al.config import environment
 
         self.ace_model = model
         self.committee = committee
-        choice = (evaluator or os.environ.get("MOIRE_AL_ACE_EVALUATOR") or "auto").lower()
+        choice = (evaluator or environment().ace_evaluator or "auto").lower()
         if choice not in ("auto", "kernel", "jax"):
             from moire_al.errors import ModelError
 

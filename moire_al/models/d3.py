@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
 import threading
 from pathlib import Path
 
@@ -66,7 +65,9 @@ def _version() -> str:
 
 def backend() -> str:
     """The backend d3_results uses here: ``kernel`` or ``dftd3``."""
-    want = os.environ.get(BACKEND_ENV, "auto").lower()
+    from moire_al.config import environment
+
+    want = environment().d3_backend
     if want == "dftd3":
         return "dftd3"
     try:
@@ -107,7 +108,9 @@ def check_d3() -> None:
 
 # ------------------------------------------------------------------ reference data
 def table_path() -> Path:
-    env = os.environ.get(TABLE_ENV)
+    from moire_al.config import environment
+
+    env = environment().d3_table
     cands = [env] if env else list(_TABLE_PATHS)
     for c in cands:
         if c and Path(c).is_file():
@@ -168,7 +171,10 @@ def _rcov(z: int, refcn: np.ndarray, c6: np.ndarray) -> float:
         e6 = float(model.get_dispersion(RationalDampingParam(s6=1.0, s8=0.0, a1=0.0, a2=0.0), False)["energy"])
         target = -e6 * r ** 6
         lo, hi = 1e-6, 0.999
-        f = lambda cn: _homo_c6(cn, refcn, c6) - target
+
+        def f(cn, target=target):
+            return _homo_c6(cn, refcn, c6) - target
+
         if f(lo) * f(hi) > 0:
             raise ModelError(f"cannot derive the D3 covalent radius of Z={z} from dftd3")
         cn = brentq(f, lo, hi, xtol=1e-15, rtol=1e-15)

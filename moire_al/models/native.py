@@ -29,12 +29,10 @@ _LOADED: dict = {}
 
 
 def cache_dir() -> Path:
-    env = os.environ.get("MOIRE_AL_NATIVE_CACHE")
-    if env:
-        return Path(env).expanduser()
-    from moire_al.config import data_dir
+    from moire_al.config import environment
 
-    return data_dir() / "native"
+    env = environment()
+    return Path(env.native_cache).expanduser() if env.native_cache else env.data / "native"
 
 
 def compiler() -> str | None:

@@ -19,7 +19,7 @@ def validate_structure(atoms, name: str = "", allowed=ALLOWED_SPECIES, min_dista
     3D cell of positive volume (DFT codes need one), and no two atoms (periodic
     images included) closer than ``min_distance`` Å.
     """
-    from ase.neighborlist import neighbor_list
+    from moire_al.geometry import check_overlaps
 
     label = f"{name}: " if name else ""
     if len(atoms) == 0:
@@ -34,11 +34,27 @@ def validate_structure(atoms, name: str = "", allowed=ALLOWED_SPECIES, min_dista
     cell = np.asarray(atoms.cell.array, float)
     if not np.all(np.isfinite(cell)) or abs(np.linalg.det(cell)) < 1e-6:
         raise StructureError(f"{label}missing or degenerate cell (need three lattice vectors with non-zero volume)")
-    i, j, d = neighbor_list("ijd", atoms, min_distance, self_interaction=False)
-    if len(d):
-        k = int(np.argmin(d))
-        raise StructureError(
-            f"{label}atoms {min(i[k], j[k])} and {max(i[k], j[k])} overlap: {d[k]:.3f} Å apart (< {min_distance} Å)")
+    _check_labels(atoms, label)
+    try:
+        check_overlaps(atoms, min_distance)
+    except StructureError as exc:
+        raise StructureError(f"{label}{exc}") from None
+
+
+def _check_labels(atoms, label: str) -> None:
+    """REF_ labels a structure carries must be finite: a NaN is a corrupt label, refused."""
+    from moire_al.conventions import REF_ENERGY, REF_FORCES, REF_STRESS
+
+    for key, value in ((REF_ENERGY, atoms.info.get(REF_ENERGY)), (REF_STRESS, atoms.info.get(REF_STRESS)),
+                       (REF_FORCES, atoms.arrays.get(REF_FORCES))):
+        if value is None:
+            continue
+        try:
+            arr = np.asarray(value, dtype=float)
+        except (TypeError, ValueError):
+            raise StructureError(f"{label}{key} is not numeric") from None
+        if not np.all(np.isfinite(arr)):
+            raise StructureError(f"{label}{key} contains NaN or inf (a corrupt label)")
 
 
 def read_structures(path, index=":", allowed=ALLOWED_SPECIES) -> list:

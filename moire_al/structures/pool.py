@@ -105,7 +105,8 @@ class PoolRecipe:
 
 
 # A rattled candidate keeps every pair at least this fraction of the unrattled
-# cell's shortest distance (the bond length) apart: at the seed's largest amplitude (0.15 d_AB per coordinate) an unguarded
+# cell's shortest distance (the bond length) apart: at the seed's largest amplitude
+# (0.15 d_AB per coordinate) an unguarded
 # draw puts atoms 0.5 Å apart, which no labeller can (or should) compute.
 MIN_RATTLE_DIST = 0.7
 MAX_RATTLE_TRIES = 200
@@ -160,7 +161,8 @@ def _cell_length(a, m, r, supercell):
 def _tag(atoms, material, seed, family, index, generator, extra_params):
     params = json.loads(atoms.info["params"])
     params.update(extra_params)
-    info = {k: v for k, v in atoms.info.items() if k not in ("generator", "params", "seed", "hash", "material", "n_layers")}
+    info = {k: v for k, v in atoms.info.items()
+            if k not in ("generator", "params", "seed", "hash", "material", "n_layers")}
     return finalize(atoms, generator, params, material, seed=seed, pool_family=family, pool_index=int(index), **info)
 
 

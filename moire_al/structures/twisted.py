@@ -130,7 +130,8 @@ def _twisted_layers(material, a, m, r, n_layers, stacking, shifts, origin_frac=(
     theta = np.radians(commensurate_angle(m, r))
     stk = str(stacking).upper()
     if stk not in ("AA", "AA'"):
-        raise StructureError(f"twisted stacking must be 'AA' or \"AA'\" (rotation about a common site), got {stacking!r}")
+        raise StructureError(f"twisted stacking must be 'AA' or \"AA'\" (rotation about a common site), "
+                             f"got {stacking!r}")
     shifts = np.zeros((n_layers, 2)) if shifts is None else np.asarray(shifts, float).reshape(-1, 2)
     if len(shifts) != n_layers:
         raise StructureError(f"shifts must have one row per layer ({n_layers})")

@@ -8,9 +8,10 @@
 
 Everything is rendered on the server (PNG via matplotlib's Agg canvas, plain HTML
 tables), so the page needs no JavaScript library and works with the network off.
-The data come from the ``loops`` and ``rounds`` collections of the store, which
-lives in the LaunchPad's database (``current_app.lp.db``); see docs/interfaces.md
-for the ``rounds`` document schema. Missing fields are shown as a dash.
+The data come from the store (:class:`moire_al.store.mongo.Store` on the LaunchPad's
+database, ``current_app.lp.db``) as :class:`~moire_al.store.documents.LoopDoc` and
+:class:`~moire_al.store.documents.RoundDoc`; see docs/interfaces.md for the round
+document. Missing fields are shown as a dash.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from typing import Any
 
 from flask import Blueprint, Response, abort, current_app, jsonify, render_template, request
 
+from moire_al.conventions import plain
+from moire_al.store.documents import LoopDoc, RoundDoc
 from moire_al.workflows import report
 from moire_al.workflows.report import _num, _rmse
-from moire_al.conventions import plain
 
 blueprint = Blueprint("learning", __name__, url_prefix="/learning", template_folder="templates")
 
@@ -36,6 +38,8 @@ ROUND_FIELDS = [
     "converged", "stop_reason",
 ]
 LOOP_HIDDEN = {"_id", "loop_id", "material", "state", "created", "params"}
+#: the round fields of the index page
+INDEX_FIELDS = ["rmse", "max_sigma_f", "n_train", "converged"]
 
 
 # --------------------------------------------------------------------------- access
@@ -43,7 +47,8 @@ LOOP_HIDDEN = {"_id", "loop_id", "material", "state", "created", "params"}
 
 @blueprint.before_request
 def _basic_auth():
-    """The same HTTP basic auth as the FireWorks pages (``--username/--password``)."""
+    """The same HTTP basic auth as the FireWorks pages (``--username``; the password from
+    the environment or a file)."""
     user = current_app.config.get("WEBGUI_USERNAME")
     password = current_app.config.get("WEBGUI_PASSWORD")
     if user is None or password is None:
@@ -54,34 +59,30 @@ def _basic_auth():
     return Response("login required", 401, {"WWW-Authenticate": 'Basic realm="Login Required"'})
 
 
-def _db():
-    return current_app.lp.db
+def _store():
+    """The store on the app's LaunchPad database (made once per database)."""
+    from moire_al.store.mongo import Store
+
+    db = current_app.lp.db
+    cached = current_app.extensions.get("moire_al_store")
+    if cached is None or cached.db is not db:
+        cached = current_app.extensions["moire_al_store"] = Store(db)
+    return cached
 
 
-def _loop_id_query(loop_id: str) -> Any:
-    """Match ``loop_id`` stored as a string, or as an int when the URL is a number."""
-    if loop_id.lstrip("-").isdigit():
-        return {"$in": [loop_id, int(loop_id)]}
-    return loop_id
-
-
-def _get_loop(loop_id: str) -> dict:
+def _get_loop(loop_id: str) -> LoopDoc:
     """The loop document; 404 when neither ``loops`` nor ``rounds`` knows the id."""
-    db = _db()
-    q = _loop_id_query(loop_id)
-    loop = db.loops.find_one({"loop_id": q})
+    store = _store()
+    loop = store.get_loop(loop_id)
     if loop is None:
-        if db.rounds.find_one({"loop_id": q}, projection={"_id": 1}) is None:
+        if not store.get_rounds(loop_id, fields=["round"]):
             abort(404, description=f"no active-learning loop {loop_id!r}")
-        loop = {"loop_id": loop_id}
+        loop = LoopDoc(loop_id=loop_id)
     return loop
 
 
-def _rounds(loop_id: str, fields: list[str] | None = None) -> list[dict]:
-    projection = {f: 1 for f in fields} if fields else None
-    docs = list(_db().rounds.find({"loop_id": _loop_id_query(loop_id)}, projection=projection))
-    docs.sort(key=lambda d: _num(d.get("round"), math.inf))
-    return docs
+def _rounds(loop_id: str, fields: list[str] | None = None) -> list[RoundDoc]:
+    return sorted(_store().get_rounds(loop_id, fields=fields), key=lambda d: _num(d.round, math.inf))
 
 
 # --------------------------------------------------------------------------- values
@@ -118,12 +119,12 @@ def _fmt_duration(value: Any) -> str:
     return f"{s / 3600:.2f} h"
 
 
-def _params(loop: dict) -> dict:
-    """The loop's parameters: its ``params`` sub-document and any other extra field."""
+def _params(loop: LoopDoc) -> dict:
+    """The loop's parameters: its ``params`` sub-document and any other field."""
     out = {}
-    if isinstance(loop.get("params"), dict):
-        out.update(loop["params"])
-    out.update({k: v for k, v in loop.items() if k not in LOOP_HIDDEN})
+    if isinstance(loop.params, dict):
+        out.update(loop.params)
+    out.update({k: v for k, v in loop.as_dict().items() if k not in LOOP_HIDDEN and v is not None})
     return out
 
 
@@ -132,10 +133,10 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _status(doc: dict) -> str:
-    if doc.get("stop_reason"):
-        return str(doc["stop_reason"])
-    if doc.get("converged"):
+def _status(doc: RoundDoc) -> str:
+    if doc.stop_reason:
+        return str(doc.stop_reason)
+    if doc.converged:
         return "converged"
     return "–"
 
@@ -146,37 +147,36 @@ def _status(doc: dict) -> str:
 @blueprint.route("")
 @blueprint.route("/")
 def index():
-    db = _db()
-    loops = list(db.loops.find({}))
+    store = _store()
+    loops = store.get_loops()
     counts: dict[str, int] = {}
-    latest: dict[str, dict] = {}
-    for doc in db.rounds.find({}, projection={"loop_id": 1, "round": 1, "rmse": 1,
-                                              "max_sigma_f": 1, "n_train": 1, "converged": 1}):
-        key = str(doc.get("loop_id"))
+    latest: dict[str, RoundDoc] = {}
+    for doc in store.get_rounds(None, fields=INDEX_FIELDS):
+        key = str(doc.loop_id)
         counts[key] = counts.get(key, 0) + 1
-        if _num(doc.get("round"), -1) >= _num(latest.get(key, {}).get("round"), -1):
+        if key not in latest or _num(doc.round, -1) >= _num(latest[key].round, -1):
             latest[key] = doc
-    known = {str(lp.get("loop_id")) for lp in loops}
-    loops += [{"loop_id": k} for k in sorted(counts) if k not in known]  # rounds without a loop doc
+    known = {str(lp.loop_id) for lp in loops}
+    loops += [LoopDoc(loop_id=k) for k in sorted(counts) if k not in known]  # rounds without a loop doc
 
     def created_key(lp):
-        c = lp.get("created")
+        c = lp.created
         return c.isoformat() if isinstance(c, _dt.datetime) else str(c or "")
 
     loops.sort(key=created_key, reverse=True)
     rows = []
     for lp in loops:
-        key = str(lp.get("loop_id"))
-        last = latest.get(key, {})
+        key = str(lp.loop_id)
+        last = latest.get(key) or RoundDoc(loop_id=key, round=-1)
         rows.append({
             "loop_id": key,
-            "material": lp.get("material"),
-            "state": lp.get("state"),
-            "created": lp.get("created"),
+            "material": lp.material,
+            "state": lp.state,
+            "created": lp.created,
             "n_rounds": counts.get(key, 0),
-            "n_train": last.get("n_train"),
+            "n_train": last.n_train,
             "rmse_f": _rmse(last, "F"),
-            "max_sigma_f": last.get("max_sigma_f"),
+            "max_sigma_f": last.max_sigma_f,
             "params": ", ".join(f"{k}={_short(v, 40)}" for k, v in _params(lp).items()),
         })
     return render_template("learning_index.html", rows=rows)
@@ -187,30 +187,30 @@ def loop_page(loop_id: str):
     loop = _get_loop(loop_id)
     rounds = _rounds(loop_id, ROUND_FIELDS)
     rows = [{
-        "round": d.get("round"),
-        "n_train": d.get("n_train"),
-        "n_new": d.get("n_new"),
-        "n_failed": d.get("n_failed"),
+        "round": d.round,
+        "n_train": d.n_train,
+        "n_new": d.n_new,
+        "n_failed": d.n_failed,
         "rmse_e": _rmse(d, "E_meV_atom"),
         "rmse_f": _rmse(d, "F"),
         "rmse_f_in": _rmse(d, "F_inplane"),
         "rmse_f_out": _rmse(d, "F_outofplane"),
-        "n_pool": d.get("n_pool"),
-        "max_sigma_f": d.get("max_sigma_f"),
-        "median_sigma_f": d.get("median_sigma_f"),
-        "threshold": d.get("threshold"),
-        "n_selected": len(d["selected"]) if isinstance(d.get("selected"), list) else None,
-        "wall_time": d.get("wall_time"),
-        "finished": d.get("finished"),
-        "model_id": d.get("model_id"),
+        "n_pool": d.n_pool,
+        "max_sigma_f": d.max_sigma_f,
+        "median_sigma_f": d.median_sigma_f,
+        "threshold": d.threshold,
+        "n_selected": len(d.selected) if isinstance(d.selected, list) else None,
+        "wall_time": d.wall_time,
+        "finished": d.finished,
+        "model_id": d.model_id,
         "status": _status(d),
     } for d in rounds]
     return render_template(
         "learning_loop.html",
         loop_id=loop_id,
-        material=loop.get("material"),
-        state=loop.get("state"),
-        created=loop.get("created"),
+        material=loop.material,
+        state=loop.state,
+        created=loop.created,
         params={k: _short(v) for k, v in _params(loop).items()},
         rows=rows,
         plots=PLOTS if rounds else (),
@@ -220,11 +220,8 @@ def loop_page(loop_id: str):
 @blueprint.route("/<loop_id>/json")
 def loop_json(loop_id: str):
     loop = _get_loop(loop_id)
-    loop.pop("_id", None)
-    rounds = _rounds(loop_id, ROUND_FIELDS)
-    for d in rounds:
-        d.pop("_id", None)
-    return jsonify({"loop": _jsonable(loop), "rounds": _jsonable(rounds)})
+    rounds = [{k: v for k, v in d.as_dict().items() if k in ROUND_FIELDS} for d in _rounds(loop_id, ROUND_FIELDS)]
+    return jsonify({"loop": _jsonable(loop.as_dict()), "rounds": _jsonable(rounds)})
 
 
 def _jsonable(obj: Any) -> Any:

@@ -6,7 +6,8 @@ store by id (or ``calc: reference`` for the reference potential); results are st
 in the ``analyses`` collection with the model id they came from, plots stay in the
 launch directory (its path is stored).
 
-Molecular dynamics (:func:`md_workflow`): one Firework per temperature
+The Fireworks are built by :mod:`moire_al.workflows.builders` (``analysis_workflow``,
+``md_workflow``, ``polarization_workflow``). Molecular dynamics: one Firework per temperature
 (:class:`MDTask`) on a structure from the store, each storing its ``md.json`` result
 (analysis ``"md"``; the trajectory stays in its launch directory, its path stored), and
 a child (:class:`MDSummaryTask`) that reads them back and stores D(T) with its
@@ -16,12 +17,10 @@ Arrhenius fit (analysis ``"md_temperatures"``).
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 
-from fireworks import Firework, FiretaskBase, FWAction, Workflow, explicit_serialize
+from fireworks import FiretaskBase, FWAction, explicit_serialize
 
-from moire_al.conventions import plain
 from moire_al.store.mongo import Store, utcnow
 from moire_al.workflows.tasks import _store
 
@@ -64,22 +63,10 @@ class AnalysisTask(FiretaskBase):
         doc = {"model_id": model_id or "reference", "analysis": name, "material": self["material"],
                "calc_name": calc_name, "result": out["results"].get(name), "error": out["errors"].get(name),
                "launch_dir": os.getcwd(), "created": utcnow(), "fw_id": getattr(self, "fw_id", None)}
-        store.db["analyses"].insert_one(plain(doc))
+        store.put_analysis(doc)
         if doc["error"]:
             raise MoireALError(f"analysis {name} failed: {doc['error']}")
         return FWAction(stored_data={"analysis": name, "model_id": doc["model_id"]})
-
-
-def analysis_workflow(material: str, model_id: str | None = None, analyses=None, quick: bool = False) -> Workflow:
-    """The standard analysis suite of a model (by store id; None: reference potential)."""
-    analyses = tuple(analyses or (QUICK_STEPS if quick else SUITE_STEPS))
-    fws = [Firework([AnalysisTask(analysis=a, material=material, model_id=model_id or "reference", quick=quick)],
-                    name=f"{a} ({model_id or 'reference'})", fw_id=-(i + 1),
-                    spec={"_category": "analysis", "_add_launchpad_and_fw_id": True,
-                          "_moire": {"step": "analysis", "model_id": model_id or "reference"}})
-           for i, a in enumerate(analyses)]
-    return Workflow(fws, name=f"analysis suite {material} ({model_id or 'reference'})",
-                    metadata={"moire_al": "analysis_suite", "material": material})
 
 
 @explicit_serialize
@@ -110,7 +97,7 @@ class MDTask(FiretaskBase):
                "structure_hash": self["structure_hash"], "temperature_K": float(self["temperature"]),
                "series": self.get("series"), "calc_name": calc_name, "stable": res["stable"], "result": res,
                "error": None, "launch_dir": os.getcwd(), "created": utcnow(), "fw_id": getattr(self, "fw_id", None)}
-        store.db["analyses"].insert_one(plain(doc))
+        store.put_analysis(doc)
         return FWAction(stored_data={"analysis": "md", "model_id": model_id, "stable": res["stable"],
                                      "temperature_K": float(self["temperature"])})
 
@@ -126,13 +113,13 @@ class MDSummaryTask(FiretaskBase):
         from moire_al.analysis.md import temperature_series
 
         store = _store(self)
-        docs = store.db["analyses"].find({"analysis": "md", "series": self["series"]}, {"_id": 0, "result": 1})
+        docs = store.get_analyses(analysis="md", series=self["series"])
         series = temperature_series([d["result"] for d in docs])
         points = series["points"]
         doc = {"model_id": self.get("model_id") or "reference", "analysis": "md_temperatures",
                "series": self["series"], "result": series,
                "error": None, "created": utcnow(), "fw_id": getattr(self, "fw_id", None)}
-        store.db["analyses"].insert_one(plain(doc))
+        store.put_analysis(doc)
         return FWAction(stored_data={"analysis": "md_temperatures", "n_points": len(points)})
 
 
@@ -148,26 +135,6 @@ def check_md_options(options: dict | None) -> dict:
     if bad:
         raise MoireALError(f"unknown MD option(s): {', '.join(sorted(bad))}")
     return dict(options or {})
-
-
-def md_workflow(structure_hash: str, material: str, model_id: str | None = None, temperatures=(300.0,),
-                steps: int = 1000, options: dict | None = None) -> Workflow:
-    """MD of a stored structure (by hash) at each temperature, then D(T) (category
-    ``analysis``). ``options``: keyword arguments of ``md_analysis`` (e.g.
-    ``{"ensemble": "nve", "sample_every": 2, "kappa_runs": 3}``)."""
-    options = check_md_options(options)
-    series = uuid.uuid4().hex[:12]
-    mid = model_id or "reference"
-    spec = {"_category": "analysis", "_add_launchpad_and_fw_id": True,
-            "_moire": {"step": "md", "model_id": mid, "series": series}}
-    fws = [Firework([MDTask(structure_hash=structure_hash, material=material, temperature=float(T),
-                            steps=int(steps), model_id=mid, options=options, series=series)],
-                    name=f"md {float(T):g} K ({mid})", fw_id=-(i + 1), spec=dict(spec))
-           for i, T in enumerate(temperatures)]
-    summary = Firework([MDSummaryTask(series=series, model_id=mid)], name=f"md D(T) ({mid})",
-                       fw_id=-(len(fws) + 1), parents=fws, spec=dict(spec, _allow_fizzled_parents=True))
-    return Workflow(fws + [summary], name=f"md {material} {structure_hash[:10]} ({mid})",
-                    metadata={"moire_al": "md", "material": material, "series": series})
 
 
 # ------------------------------------------------------------------ polarization sweep
@@ -216,7 +183,7 @@ class PolarizationTask(FiretaskBase):
                "calc_name": calc_name, "result": point, "settings": res["settings"],
                "rigid_d": res["rigid_d"], "error": None, "launch_dir": os.getcwd(),
                "created": utcnow(), "fw_id": getattr(self, "fw_id", None)}
-        store.db["analyses"].insert_one(plain(doc))
+        store.put_analysis(doc)
         return FWAction(stored_data={"analysis": "polarization", "theta_deg": point["theta_deg"],
                                      "P_max_relaxed": point["relaxed"]["P_max_pC_per_m"]})
 
@@ -235,8 +202,7 @@ class PolarizationSweepPlotTask(FiretaskBase):
         from moire_al.errors import MoireALError
 
         store = _store(self)
-        docs = list(store.db["analyses"].find({"analysis": "polarization",
-                                                "sweep_id": self["sweep_id"]}))
+        docs = store.get_analyses(analysis="polarization", sweep_id=self["sweep_id"])
         if not docs:
             raise MoireALError(f"polarization sweep {self['sweep_id']}: no angle finished")
         docs.sort(key=lambda d: d["theta_deg"])
@@ -245,36 +211,11 @@ class PolarizationSweepPlotTask(FiretaskBase):
                  "rigid_d": docs[0].get("rigid_d"), "points": [d["result"] for d in docs],
                  "settings": docs[0]["settings"]}
         sweep["plots"] = plots.plot_polarization_sweep({name: sweep}, os.getcwd())
-        store.db["analyses"].insert_one(plain({
+        store.put_analysis({
             "model_id": self.get("model_id") or "reference", "analysis": "polarization_sweep",
             "material": "hbn", "sweep_id": self["sweep_id"], "calc_name": name, "result": sweep,
             "error": None, "launch_dir": os.getcwd(), "created": utcnow(),
-            "fw_id": getattr(self, "fw_id", None)}))
+            "fw_id": getattr(self, "fw_id", None)})
         return FWAction(stored_data={"analysis": "polarization_sweep", "n_angles": len(docs)})
 
 
-def polarization_workflow(model_id: str | None = None, ms=None, options: dict | None = None,
-                          fmax: float = 1e-3, d: float = 3.4, sweep_id: str | None = None) -> Workflow:
-    """The polarization sweep of a model (store id; None: reference potential): one
-    Firework per r = 1 cell ``ms`` (default: the seed's angles, 21.8° to 1.08°) and one
-    that gathers them into P_max(θ). ``options``: plain-JSON keyword arguments of
-    :func:`moire_al.analysis.polarization.polarization_analysis` (``model``: a dict of
-    :class:`~moire_al.analysis.tightbinding.SlaterKoster` fields)."""
-    from moire_al.analysis.polarization import SWEEP_MS
-
-    mid = model_id or "reference"
-    ms = tuple(int(m) for m in (ms or SWEEP_MS))
-    sweep_id = sweep_id or uuid.uuid4().hex[:12]
-    _polarization_options(options)  # a bad option fails here, not in a worker
-    spec = {"_category": "analysis", "_add_launchpad_and_fw_id": True,
-            "_moire": {"step": "analysis", "model_id": mid, "sweep_id": sweep_id}}
-    fws = [Firework([PolarizationTask(m=m, sweep_id=sweep_id, model_id=mid, options=options or {},
-                                      fmax=fmax, d=d)],
-                    name=f"polarization m={m} ({mid})", fw_id=-(i + 1), spec=dict(spec))
-           for i, m in enumerate(ms)]
-    gather = Firework([PolarizationSweepPlotTask(sweep_id=sweep_id, model_id=mid)],
-                      name=f"polarization sweep plot ({mid})", fw_id=-(len(fws) + 1),
-                      spec={**spec, "_allow_fizzled_parents": True})
-    return Workflow(fws + [gather], links_dict={fw.fw_id: [gather.fw_id] for fw in fws},
-                    name=f"polarization sweep hbn ({mid})",
-                    metadata={"moire_al": "polarization_sweep", "sweep_id": sweep_id})

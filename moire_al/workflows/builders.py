@@ -1,12 +1,23 @@
-"""Workflow builders (the Python twin of the YAML files in ``workflows/``).
+"""Every Firework moire-al makes, and the spec keys they carry (the Python twin of the
+YAML files in ``workflows/``). No other module builds a Firework or spells a spec key:
+they call these builders and query with :func:`fw_query`.
 
-A loop starts as one Firework (``init``); every later Firework is added by the
-loop itself. Categories route work to workers: ``dft`` for labelling, ``fit`` for
-pool generation, fitting and scoring, ``analysis`` for analyses of a model.
+A loop starts as one Firework (``init``); every later Firework is added by the loop
+itself (:func:`round_branch`) or by ``moire-al resume`` (:func:`refit_workflow`).
+Categories route work to workers: ``dft`` for labelling, ``fit`` for pool generation,
+fitting and scoring, ``analysis`` for analyses of a model (:func:`analysis_workflow`,
+:func:`md_workflow`).
+
+Spec keys: ``_category`` (:data:`CATEGORY` of the step), ``_add_launchpad_and_fw_id``
+(Firetasks reach the store through the LaunchPad), ``_allow_fizzled_parents`` (a fit or
+summary runs once its parents are COMPLETED or FIZZLED), and ours, ``_moire``
+(:data:`SPEC_KEY`): ``step`` (one of :data:`STEPS`), ``loop_id``, ``round``, ``model_id``,
+``series``.
 """
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import yaml
@@ -15,16 +26,50 @@ from fireworks import Firework, Workflow
 from moire_al.workflows.settings import LoopSettings
 from moire_al.workflows.tasks import ExploreTask, FitRoundTask, InitLoopTask, LabelTask
 
-COMMON_SPEC = {"_add_launchpad_and_fw_id": True}
+SPEC_KEY = "_moire"
+STEPS = ("init", "label", "explore", "fit", "fit_shard", "fit_reduce", "analysis", "md")
+CATEGORY = {"init": "fit", "label": "dft", "explore": "fit", "fit": "fit", "fit_shard": "fit", "fit_reduce": "fit",
+            "analysis": "analysis", "md": "analysis"}
+
+
+def fw_spec(step: str, allow_fizzled_parents: bool = False, **tags) -> dict:
+    """The spec of a moire-al Firework of ``step`` with its ``_moire`` tags."""
+    spec = {"_add_launchpad_and_fw_id": True, "_category": CATEGORY[step], SPEC_KEY: {**tags, "step": step}}
+    if allow_fizzled_parents:
+        spec["_allow_fizzled_parents"] = True
+    return spec
+
+
+def fw_query(step: str | None = None, loop_id: str | None = None, round_: int | None = None, **tags) -> dict:
+    """A query on the ``fireworks`` collection for moire-al Fireworks by their tags."""
+    q = {f"spec.{SPEC_KEY}.{k}": v for k, v in
+         {"step": step, "loop_id": loop_id, "round": round_, **tags}.items() if v is not None}
+    return q
+
+
+def fw_tags(fw_doc: dict) -> dict:
+    """The ``_moire`` tags of a Firework document (as found with :func:`fw_query`)."""
+    return (fw_doc.get("spec") or {}).get(SPEC_KEY) or {}
 
 
 def hyperactive_loop(settings: LoopSettings, loop_id: str | None = None) -> Workflow:
     """The workflow users add with ``lpad add``: one init Firework with the parameters."""
     task = InitLoopTask(params=settings.as_dict(), **({"loop_id": loop_id} if loop_id else {}))
     name = settings.name or f"hyperactive {settings.material} ({settings.labeller})"
-    fw = Firework([task], name="init: pool + initial selection", fw_id=-1,
-                  spec={**COMMON_SPEC, "_category": "fit", "_moire": {"step": "init"}})
+    fw = Firework([task], name="init: pool + initial selection", fw_id=-1, spec=fw_spec("init"))
     return Workflow([fw], name=name, metadata={"moire_al": "hyperactive_loop", "material": settings.material})
+
+
+def fit_firework(settings: LoopSettings, loop_id: str, round_: int, parents=None, name: str | None = None):
+    """Fit round ``round_`` once its parents (labels) are COMPLETED or FIZZLED."""
+    return Firework([FitRoundTask(loop_id=loop_id, round=round_, params=settings.as_dict())],
+                    name=name or f"fit+score r{round_}", parents=parents or None,
+                    spec=fw_spec("fit", allow_fizzled_parents=True, loop_id=loop_id, round=round_))
+
+
+def refit_workflow(settings: LoopSettings, loop_id: str, round_: int) -> Workflow:
+    """The refit ``moire-al resume`` appends after rerun labels of a stopped loop."""
+    return Workflow([fit_firework(settings, loop_id, round_, name=f"fit+score r{round_} (after resume)")])
 
 
 def round_branch(settings: LoopSettings, loop_id: str, round_: int, hashes: list[str]) -> Workflow:
@@ -35,7 +80,6 @@ def round_branch(settings: LoopSettings, loop_id: str, round_: int, hashes: list
     >= 1 also has an ``explore`` Firework (category ``fit``, beside the labels, a parent
     of the fit): biased MD with the previous round's model, whose finds the fit scores.
     """
-    tag = {"loop_id": loop_id, "round": round_}
     labels = []
     for i in range(0, len(hashes), settings.chunk_size):
         chunk = hashes[i:i + settings.chunk_size]
@@ -43,17 +87,91 @@ def round_branch(settings: LoopSettings, loop_id: str, round_: int, hashes: list
             [LabelTask(loop_id=loop_id, round=round_, hashes=chunk, labeller=settings.labeller,
                        labeller_settings=settings.labeller_settings)],
             name=f"label r{round_} {chunk[0][:8]}" + (f" +{len(chunk) - 1}" if len(chunk) > 1 else ""),
-            spec={**COMMON_SPEC, "_category": "dft", "_moire": {**tag, "step": "label"}}))
+            spec=fw_spec("label", loop_id=loop_id, round=round_)))
     parents = list(labels)
     if settings.explore and round_ >= 1:
         parents.append(Firework([ExploreTask(loop_id=loop_id, round=round_, params=settings.as_dict())],
-                                name=f"explore r{round_}",
-                                spec={**COMMON_SPEC, "_category": "fit", "_moire": {**tag, "step": "explore"}}))
-    fit = Firework([FitRoundTask(loop_id=loop_id, round=round_, params=settings.as_dict())],
-                   name=f"fit+score r{round_}", parents=parents or None,
-                   spec={**COMMON_SPEC, "_category": "fit", "_allow_fizzled_parents": True,
-                         "_moire": {**tag, "step": "fit"}})
+                                name=f"explore r{round_}", spec=fw_spec("explore", loop_id=loop_id, round=round_)))
+    fit = fit_firework(settings, loop_id, round_, parents=parents)
     return Workflow(parents + [fit], name=f"{loop_id} round {round_}")
+
+
+def analysis_workflow(material: str, model_id: str | None = None, analyses=None, quick: bool = False) -> Workflow:
+    """The standard analysis suite of a model (by store id; None: reference potential)."""
+    from moire_al.workflows.analysis import QUICK_STEPS, SUITE_STEPS, AnalysisTask
+
+    analyses = tuple(analyses or (QUICK_STEPS if quick else SUITE_STEPS))
+    mid = model_id or "reference"
+    fws = [Firework([AnalysisTask(analysis=a, material=material, model_id=mid, quick=quick)],
+                    name=f"{a} ({mid})", fw_id=-(i + 1), spec=fw_spec("analysis", model_id=mid))
+           for i, a in enumerate(analyses)]
+    return Workflow(fws, name=f"analysis suite {material} ({mid})",
+                    metadata={"moire_al": "analysis_suite", "material": material})
+
+
+def md_workflow(structure_hash: str, material: str, model_id: str | None = None, temperatures=(300.0,),
+                steps: int = 1000, options: dict | None = None) -> Workflow:
+    """MD of a stored structure (by hash) at each temperature, then D(T) (category
+    ``analysis``). ``options``: keyword arguments of ``md_analysis`` (e.g.
+    ``{"ensemble": "nve", "sample_every": 2, "kappa_runs": 3}``)."""
+    from moire_al.workflows.analysis import MDSummaryTask, MDTask, check_md_options
+
+    options = check_md_options(options)
+    series = uuid.uuid4().hex[:12]
+    mid = model_id or "reference"
+    fws = [Firework([MDTask(structure_hash=structure_hash, material=material, temperature=float(T),
+                            steps=int(steps), model_id=mid, options=options, series=series)],
+                    name=f"md {float(T):g} K ({mid})", fw_id=-(i + 1), spec=fw_spec("md", model_id=mid, series=series))
+           for i, T in enumerate(temperatures)]
+    summary = Firework([MDSummaryTask(series=series, model_id=mid)], name=f"md D(T) ({mid})",
+                       fw_id=-(len(fws) + 1), parents=fws,
+                       spec=fw_spec("md", allow_fizzled_parents=True, model_id=mid, series=series))
+    return Workflow(fws + [summary], name=f"md {material} {structure_hash[:10]} ({mid})",
+                    metadata={"moire_al": "md", "material": material, "series": series})
+
+
+def polarization_workflow(model_id: str | None = None, ms=None, options: dict | None = None,
+                          fmax: float = 1e-3, d: float = 3.4, sweep_id: str | None = None) -> Workflow:
+    """The polarization sweep of a model (store id; None: reference potential): one
+    Firework per r = 1 cell ``ms`` (default: the seed's angles, 21.8° to 1.08°) and one
+    that gathers them into P_max(θ). ``options``: plain-JSON keyword arguments of
+    :func:`moire_al.analysis.polarization.polarization_analysis` (``model``: a dict of
+    :class:`~moire_al.analysis.tightbinding.SlaterKoster` fields)."""
+    from moire_al.analysis.polarization import SWEEP_MS
+    from moire_al.workflows.analysis import PolarizationSweepPlotTask, PolarizationTask, _polarization_options
+
+    mid = model_id or "reference"
+    ms = tuple(int(m) for m in (ms or SWEEP_MS))
+    sweep_id = sweep_id or uuid.uuid4().hex[:12]
+    _polarization_options(options)  # a bad option fails here, not in a worker
+    fws = [Firework([PolarizationTask(m=m, sweep_id=sweep_id, model_id=mid, options=options or {},
+                                      fmax=fmax, d=d)],
+                    name=f"polarization m={m} ({mid})", fw_id=-(i + 1),
+                    spec=fw_spec("analysis", model_id=mid, sweep_id=sweep_id))
+           for i, m in enumerate(ms)]
+    gather = Firework([PolarizationSweepPlotTask(sweep_id=sweep_id, model_id=mid)],
+                      name=f"polarization sweep plot ({mid})", fw_id=-(len(fws) + 1),
+                      spec=fw_spec("analysis", allow_fizzled_parents=True, model_id=mid, sweep_id=sweep_id))
+    return Workflow(fws + [gather], links_dict={fw.fw_id: [gather.fw_id] for fw in fws},
+                    name=f"polarization sweep hbn ({mid})",
+                    metadata={"moire_al": "polarization_sweep", "sweep_id": sweep_id})
+
+
+def sharded_fit_workflow(store, fit_id: str, hashes: list[str], keys: list[str], params: dict,
+                         n_shards: int) -> Workflow:
+    """A fit sharded across workers (:mod:`moire_al.workflows.fitting`): the plan (basis,
+    E0) now, then ``n_shards`` shard Fireworks and one reduce Firework (category ``fit``)."""
+    from moire_al.workflows.fitting import FitReduceTask, FitShardTask, shard_plan
+
+    plan, shards = shard_plan(store, fit_id, hashes, keys, params, n_shards)
+    fws = [Firework([FitShardTask(fit_id=fit_id, shard=k, hashes=sh["hashes"], keys=sh["keys"], params=params,
+                                  plan=plan, blocks=sh["blocks"])],
+                    name=f"{fit_id} shard {k}", spec=fw_spec("fit_shard", fit_id=fit_id))
+           for k, sh in enumerate(shards)]
+    reduce = Firework([FitReduceTask(fit_id=fit_id, hashes=hashes, keys=keys, params=params, plan=plan,
+                                     n_shards=n_shards)], name=f"{fit_id} reduce", parents=fws,
+                      spec=fw_spec("fit_reduce", fit_id=fit_id))
+    return Workflow(fws + [reduce], name=f"sharded fit {fit_id}")
 
 
 # Ready workflow files in workflows/: name -> settings.
@@ -85,8 +203,6 @@ READY_ANALYSES = {
 
 def ready_workflows() -> dict:
     """Every ready workflow file's stem -> the workflow the builders make."""
-    from moire_al.workflows.analysis import analysis_workflow
-
     out = {stem: hyperactive_loop(s) for stem, s in READY_LOOPS.items()}
     out.update({stem: analysis_workflow(m, model_id=mid, quick=q) for stem, (m, mid, q) in READY_ANALYSES.items()})
     return out

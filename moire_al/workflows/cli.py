@@ -86,15 +86,29 @@ def _parse_sets(items: list[str]) -> dict:
     return out
 
 
-def _cmd_loop_add(args) -> int:
+def _read_workflow(path):
+    """A FireWorks workflow file, or one clear line saying why it cannot be read."""
     from fireworks import Workflow
 
-    from moire_al.config import get_launchpad
+    from moire_al.errors import MoireALError
+
+    try:
+        return Workflow.from_file(path)
+    except OSError as exc:
+        raise MoireALError(f"{path}: {exc.strerror or exc}") from None
+    except Exception as exc:  # YAML/JSON syntax, or not a workflow (FireWorks raises many types)
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MoireALError(f"{path}: not a readable workflow file ({type(exc).__name__}: {msg})") from None
+
+
+def _cmd_loop_add(args) -> int:
+
+    from moire_al.config import INTERACTIVE_DB_WAIT_S, get_launchpad
     from moire_al.workflows.builders import hyperactive_loop
     from moire_al.workflows.settings import LoopSettings
 
     if args.workflow:
-        wf = Workflow.from_file(args.workflow)
+        wf = _read_workflow(args.workflow)
         for fw in wf.fws:  # validate before adding: a typo fails here, not on a worker
             for t in fw.tasks:
                 if "params" in t:
@@ -105,7 +119,7 @@ def _cmd_loop_add(args) -> int:
         wf = hyperactive_loop(settings)
     from moire_al.config import ensure_initialized
 
-    lp = get_launchpad(args.launchpad)
+    lp = get_launchpad(args.launchpad, wait_s=INTERACTIVE_DB_WAIT_S)
     ensure_initialized(lp)
     ids = lp.add_wf(wf)
     print(f"added workflow '{wf.name}' (fw ids {sorted(ids.values())}); run workers with "
@@ -114,20 +128,30 @@ def _cmd_loop_add(args) -> int:
 
 
 def _cmd_status(args) -> int:
-    from moire_al.config import get_launchpad
+    from moire_al.config import INTERACTIVE_DB_WAIT_S, get_launchpad
     from moire_al.store.mongo import Store
-    from moire_al.workflows.manage import fw_states, loop_ids, status_table
+    from moire_al.workflows.builders import fw_query
+    from moire_al.workflows.manage import fw_states, init_problems, loop_ids, require_loop, status_table
 
-    lp = get_launchpad(args.launchpad)
+    lp = get_launchpad(args.launchpad, wait_s=INTERACTIVE_DB_WAIT_S)
     store = Store.from_launchpad(lp)
+    if args.loop:
+        require_loop(store, args.loop)
     ids = [args.loop] if args.loop else loop_ids(store)
-    if not ids:
+    inits = [] if args.loop else init_problems(lp)
+    for p in inits:  # a loop whose init has not run (or failed) has no loop document yet
+        what = {"FIZZLED": "FIZZLED", "RUNNING": "running", "RESERVED": "reserved"}.get(p["state"], "not started")
+        print(f"workflow '{p['workflow']}': init fw {p['fw_id']} {what} ({p['state']})"
+              + (f": {p['error']}" if p["error"] else ""))
+    if inits:
+        print()
+    if not ids and not inits:
         print("no loops in the job database")
     for lid in ids:
         print(status_table(store, lid))
         states = fw_states(lp, lid)
         print("fireworks: " + ", ".join(f"{k} {v}" for k, v in sorted(states.items())))
-        running = list(lp.fireworks.find({"spec._moire.loop_id": lid, "state": {"$in": ["RUNNING", "FIZZLED"]}},
+        running = list(lp.fireworks.find({**fw_query(loop_id=lid), "state": {"$in": ["RUNNING", "FIZZLED"]}},
                                          {"fw_id": 1, "name": 1, "state": 1}))
         for d in running:
             print(f"  {d['state']:9s} fw {d['fw_id']}: {d['name']}")
@@ -136,39 +160,39 @@ def _cmd_status(args) -> int:
 
 
 def _cmd_resume(args) -> int:
-    from moire_al.config import get_launchpad
+    from moire_al.config import INTERACTIVE_DB_WAIT_S, get_launchpad
     from moire_al.workflows.manage import resume
 
-    out = resume(get_launchpad(args.launchpad), args.loop, args.round)
+    out = resume(get_launchpad(args.launchpad, wait_s=INTERACTIVE_DB_WAIT_S), args.loop, args.round)
     print(f"rerun {len(out['rerun'])} fizzled labelling fireworks {out['rerun']}"
           + (f"; refit added for {out['refit_loops']}" if out["refit_loops"] else ""))
     return 0
 
 
 def _cmd_report(args) -> int:
-    from moire_al.config import get_launchpad
+    from moire_al.config import INTERACTIVE_DB_WAIT_S, get_launchpad
     from moire_al.store.mongo import Store
     from moire_al.workflows.manage import write_report
 
-    store = Store.from_launchpad(get_launchpad(args.launchpad))
+    store = Store.from_launchpad(get_launchpad(args.launchpad, wait_s=INTERACTIVE_DB_WAIT_S))
     out = write_report(store, args.loop, args.output or Path("runs") / args.loop / "report")
     print(f"report written to {out}")
     return 0
 
 
 def _cmd_suite(args) -> int:
-    from moire_al.config import get_launchpad
-    from moire_al.workflows.analysis import analysis_workflow
+    from moire_al.config import INTERACTIVE_DB_WAIT_S, get_launchpad
+    from moire_al.workflows.builders import analysis_workflow
 
     from moire_al.config import ensure_initialized
 
     if args.polarization:
-        from moire_al.workflows.analysis import polarization_workflow
+        from moire_al.workflows.builders import polarization_workflow
 
         wf = polarization_workflow(model_id=args.model, ms=args.m)
     else:
         wf = analysis_workflow(args.material, model_id=args.model, quick=args.quick)
-    lp = get_launchpad(args.launchpad)
+    lp = get_launchpad(args.launchpad, wait_s=INTERACTIVE_DB_WAIT_S)
     ensure_initialized(lp)
     ids = lp.add_wf(wf)
     print(f"added '{wf.name}': {len(ids)} analysis fireworks; run `rlaunch -l launchpad.yaml "
@@ -182,7 +206,8 @@ def _cmd_md(args) -> int:
     from moire_al.errors import MoireALError
     from moire_al.store.mongo import Store
     from moire_al.structures import read_structures
-    from moire_al.workflows.analysis import check_md_options, md_workflow
+    from moire_al.workflows.analysis import check_md_options
+    from moire_al.workflows.builders import md_workflow
 
     atoms = read_structures(args.structure)[0]
     try:

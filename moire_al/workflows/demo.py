@@ -13,7 +13,6 @@ labels replayed (``dataset`` labeller), so a round costs only its fit. With
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -22,6 +21,10 @@ from pathlib import Path
 import yaml
 
 from moire_al import config, dbserver
+
+
+#: the round fields the demo prints (not the long lists)
+SHORT_FIELDS = ["n_train", "rmse", "max_sigma_f"]
 
 
 def demo_settings(material: str, labeller: str, max_rounds: int, batch_size: int):
@@ -60,7 +63,7 @@ def run_demo(material: str = "graphene", labeller: str = "dataset", max_rounds: 
     from moire_al.workflows.loop import labels_description
     from moire_al.workflows.manage import fw_states, status_table, write_report
 
-    if not os.environ.get("MOIRE_AL_DB_URI"):
+    if not config.environment().db_uri:
         info = dbserver.start()
         print(f"job database: {info.uri} (data in {info.path})", flush=True)
     lp = config.get_launchpad()
@@ -80,7 +83,7 @@ def run_demo(material: str = "graphene", labeller: str = "dataset", max_rounds: 
     print(f"added workflow {wf_id}: {wf.name}; loop id {loop_id}", flush=True)
 
     lp_file = run_dir / "launchpad.yaml"
-    lp_file.write_text(yaml.safe_dump(config.launchpad_dict()))
+    config.write_launchpad_file(lp_file)  # 0600: the URI may hold a password
     fw_file = run_dir / "fworker.yaml"
     fw_file.write_text(yaml.safe_dump({"name": "demo worker", "category": ["dft", "fit", "analysis"],
                                        "query": "{}"}))
@@ -98,21 +101,22 @@ def run_demo(material: str = "graphene", labeller: str = "dataset", max_rounds: 
     try:
         while True:
             time.sleep(2)
-            rounds = [r for r in store.get_rounds(loop_id) if "n_train" in r]
-            if rounds and rounds[-1]["round"] != seen:
+            rounds = [r for r in store.get_rounds(loop_id, fields=SHORT_FIELDS) if r.finished_fit]
+            if rounds and rounds[-1].round != seen:
                 r = rounds[-1]
-                seen = r["round"]
-                print(f"  round {seen}: {r['n_train']} labelled, force RMSE "
-                      f"{(r.get('rmse') or {}).get('F', float('nan')):.4f} eV/Å, max σF {r['max_sigma_f']:.4g}"
-                      f" [{time.time() - t0:.0f} s]", flush=True)
-            loop = store.loops.find_one({"loop_id": loop_id}) or {}
+                seen = r.round
+                rmse_f = r.rmse_f if r.rmse_f is not None else float("nan")
+                print(f"  round {seen}: {r.n_train} labelled, force RMSE {rmse_f:.4f} eV/Å, "
+                      f"max σF {r.max_sigma_f:.4g} [{time.time() - t0:.0f} s]", flush=True)
+            loop = store.get_loop(loop_id)
+            state = loop.state if loop is not None else None
             states = fw_states(lp, loop_id)
             active = sum(states.get(s, 0) for s in ("READY", "RESERVED", "RUNNING"))
-            if loop.get("state") == "COMPLETED" and active == 0:
+            if state == "COMPLETED" and active == 0:
                 break
             init_state = lp.get_fw_by_id(wf_id).state
             if init_state == "FIZZLED" or (active == 0 and states.get("WAITING", 0) == 0 and time.time() - t0 > 30
-                                           and loop.get("state") != "COMPLETED"):
+                                           and state != "COMPLETED"):
                 print("the loop stopped without finishing; see `moire-al status` and the rlaunch logs in "
                       f"{run_dir}", flush=True)
                 return 1
@@ -129,7 +133,7 @@ def run_demo(material: str = "graphene", labeller: str = "dataset", max_rounds: 
     print(status_table(store, loop_id))
     states = fw_states(lp, loop_id)
     print("fireworks: " + ", ".join(f"{k} {v}" for k, v in sorted(states.items())))
-    rmses = [(r.get("rmse") or {}).get("F") for r in store.get_rounds(loop_id) if "n_train" in r]
+    rmses = [r.rmse_f for r in store.get_rounds(loop_id, fields=SHORT_FIELDS) if r.finished_fit]
     ok, verdict = learning_verdict([float(x) for x in rmses if x is not None])
     print("\n" + verdict)
     report = write_report(store, loop_id, run_dir / "report")

@@ -1,7 +1,8 @@
 """A fit sharded across workers: shard Fireworks write partial normal equations, a reduce
 Firework sums and solves.
 
-    plan (in the builder)   fit_plan on all labelled structures: basis, E0
+    plan (shard_plan)       fit_plan on all labelled structures: basis, E0
+                            (the Fireworks: moire_al.workflows.builders.sharded_fit_workflow)
     FitShardTask × k        (category ``fit``) its structures' ΨᵀWΨ, ΨᵀWy, yᵀWy, n -> GridFS
     FitReduceTask           sums the partials, solves (BLR + committee), stores the model
 
@@ -16,11 +17,9 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from fireworks import Firework, FiretaskBase, FWAction, Workflow, explicit_serialize
+from fireworks import FiretaskBase, FWAction, explicit_serialize
 
 from moire_al.store.mongo import Store
-
-COMMON_SPEC = {"_add_launchpad_and_fw_id": True}
 
 
 def _model(params: dict, plan: dict):
@@ -91,9 +90,11 @@ class FitReduceTask(FiretaskBase):
         return FWAction(stored_data={"model_id": mid})
 
 
-def sharded_fit_workflow(store: Store, fit_id: str, hashes: list[str], keys: list[str], params: dict,
-                         n_shards: int) -> Workflow:
-    """The plan (basis, E0) now, then ``n_shards`` shard Fireworks and one reduce Firework."""
+def shard_plan(store: Store, fit_id: str, hashes: list[str], keys: list[str], params: dict,
+               n_shards: int) -> tuple[dict, list[dict]]:
+    """The plan (basis, E0) of a sharded fit and each shard's structures: ``(plan,
+    [{"hashes", "keys", "blocks"}] * n_shards)``; the Fireworks are
+    :func:`moire_al.workflows.builders.sharded_fit_workflow`."""
     from moire_al.errors import ModelError
     from moire_al.models import ACEModel
 
@@ -106,7 +107,7 @@ def sharded_fit_workflow(store: Store, fit_id: str, hashes: list[str], keys: lis
     plan = model.fit_plan(atoms)
     # whole blocks of the single-process fit, dealt round-robin: the same products, summed exactly
     blocks = model.fit_blocks(atoms)
-    fws = []
+    shards = []
     for k in range(n_shards):
         mine = blocks[k::n_shards]
         idx = [i for a, b in mine for i in range(a, b)]
@@ -114,12 +115,5 @@ def sharded_fit_workflow(store: Store, fit_id: str, hashes: list[str], keys: lis
         for a, b in mine:
             local.append([at, at + b - a])
             at += b - a
-        fws.append(Firework(
-            [FitShardTask(fit_id=fit_id, shard=k, hashes=[hashes[i] for i in idx], keys=[keys[i] for i in idx],
-                          params=params, plan=plan, blocks=local)],
-            name=f"{fit_id} shard {k}",
-            spec={**COMMON_SPEC, "_category": "fit", "_moire": {"step": "fit_shard", "fit_id": fit_id}}))
-    reduce = Firework([FitReduceTask(fit_id=fit_id, hashes=hashes, keys=keys, params=params, plan=plan,
-                                     n_shards=n_shards)], name=f"{fit_id} reduce", parents=fws,
-                      spec={**COMMON_SPEC, "_category": "fit", "_moire": {"step": "fit_reduce", "fit_id": fit_id}})
-    return Workflow(fws + [reduce], name=f"sharded fit {fit_id}")
+        shards.append({"hashes": [hashes[i] for i in idx], "keys": [keys[i] for i in idx], "blocks": local})
+    return plan, shards

@@ -6,7 +6,8 @@ rounds ``<= r``, measure errors on the held-out test split, score the rest of th
 pool with the committee, and select the most uncertain ``batch_size`` for round
 ``r + 1``. Candidates are ranked by the committee's relative force uncertainty
 max_i ‖σ F_i‖ / (‖F̄_i‖ + 0.2 eV/Å) (or by max_i ‖σ F_i‖, ``criterion``); the loop
-stops when the largest max_i ‖σ F_i‖ left in the pool is below the threshold (eV/Å) (``converged``), when the pool is used up (``pool_exhausted``), or after
+stops when the largest max_i ‖σ F_i‖ left in the pool is below the threshold (eV/Å)
+(``converged``), when the pool is used up (``pool_exhausted``), or after
 ``max_rounds`` fits (``max_rounds``).
 """
 
@@ -21,6 +22,7 @@ import numpy as np
 
 from moire_al.labelling.base import key_of
 from moire_al.errors import LabelError, MoireALError
+from moire_al.store.documents import RoundDoc
 from moire_al.store.mongo import Store, utcnow
 from moire_al.workflows.settings import LoopSettings
 
@@ -80,11 +82,9 @@ def force_errors(model, atoms_list) -> dict:
 def labels_include_d3(settings: LoopSettings) -> bool:
     """Whether the loop's labels hold D3(BJ) (DFT, or replayed DFT): then the model adds
     D3 and fits the rest; the reference potential's interlayer terms already bind."""
-    if settings.labeller == "dataset":
-        from moire_al.labelling import get_labeller
-
-        return get_labeller(settings.labeller, settings.labeller_settings).d3_included
-    return settings.labeller != "reference"
+    labeller = settings.labeller_obj()
+    d3 = getattr(labeller, "d3_included", None)  # the reference potential and replayed labels say
+    return bool(labeller.settings.get("d3", False) if d3 is None else d3)
 
 
 def labels_description(settings: LoopSettings) -> str:
@@ -142,6 +142,8 @@ def init_loop(store: Store, settings: LoopSettings, loop_id: str) -> dict:
         initial = store.member_hashes(loop_id, role="pool", selected=True, upto_round=0)
         test = store.member_hashes(loop_id, role="test")
         return {"initial": initial, "test": test, "n_pool": len(existing)}
+    if settings.pool_file is None:
+        settings.pool_recipe()  # a bad recipe fails before anything is stored
     store.put_loop(loop_id, settings.as_dict())
     pool = make_candidates(settings)
     hashes = store.put_structures(pool)
@@ -178,7 +180,7 @@ def label_structures(store: Store, loop_id: str, round_: int, hashes: list[str],
         if store.get_label(key) is not None:
             skipped.append(h)
             continue
-        store.members.update_one({"loop_id": loop_id, "hash": h}, {"$inc": {"label_runs": 1}})
+        store.count_label_run(loop_id, h)
         try:
             result = labeller.label(atoms, str(workdir))
         except MoireALError as exc:  # bad structure, missing code, a crash the labeller reports
@@ -192,7 +194,7 @@ def label_structures(store: Store, loop_id: str, round_: int, hashes: list[str],
             failed.append((h, failure.get("message", "")))
             continue
         store.put_label(result.as_dict(), loop_id=loop_id, round=round_)
-        store.failures.update_many({"key": key}, {"$set": {"resolved": True}})
+        store.resolve_failures(key)
         done.append(h)
     if failed:
         msgs = "; ".join(f"{h}: {m}" for h, m in failed)
@@ -215,7 +217,7 @@ def _training_and_test(store: Store, settings: LoopSettings, loop_id: str, round
     return train, missing, test
 
 
-def fit_round(store: Store, settings: LoopSettings, loop_id: str, round_: int) -> dict:
+def fit_round(store: Store, settings: LoopSettings, loop_id: str, round_: int) -> RoundDoc:
     """Fit, test, score the remaining pool, select the next batch; store the round.
 
     Returns the round document. On a rerun of a round whose next batch was already
@@ -247,37 +249,41 @@ def fit_round(store: Store, settings: LoopSettings, loop_id: str, round_: int) -
     exhausted = len(sigma) == 0
     converged = not exhausted and max_s < settings.threshold
     last = round_ + 1 >= settings.max_rounds
-    previous = store.get_round(loop_id, round_) or {}
+    previous = store.get_round(loop_id, round_)
     if converged or exhausted or last:
         selected = []
-    elif previous.get("selected") is not None:
-        selected = previous["selected"]
+    elif previous is not None and previous.selected is not None:
+        selected = previous.selected
     else:
         selected = select_most_uncertain(candidates, ranking, settings.batch_size)
-    failures = list(store.failures.find({"loop_id": loop_id, "resolved": False}, {"key": 1, "round": 1}))
-    doc = {
-        "loop_id": loop_id, "round": round_, "started": previous.get("started", started),
-        "finished": utcnow(), "wall_time": time.time() - t0,
-        "n_train": len(train), "n_new": int(store.labels.count_documents({"loop_id": loop_id, "round": round_})),
-        "n_failed": len(missing), "failed_keys": [f["key"] for f in failures],
-        "model_id": model_id, "rmse": errors, "n_test": len(test),
-        "parity": {"F_ref": ref.tolist(), "F_pred": pred.tolist()},
-        "n_pool": len(candidates), "sigma_f": sigma.tolist(), "max_sigma_f": max_s,
-        "median_sigma_f": float(np.median(sigma)) if len(sigma) else 0.0,
-        "rel_unc": rel.tolist(), "max_rel_unc": float(rel.max()) if len(rel) else 0.0,
-        "threshold": settings.threshold, "criterion": settings.criterion,
-        "selected": selected, "converged": bool(converged),
-        "stop_reason": ("converged" if converged else "pool_exhausted" if exhausted
-                        else "max_rounds" if last else None),
-    }
+    failures = store.unresolved_failures(loop_id)
+    n_labels = store.count_labels(loop_id)  # n_new: labels since the previous round (a refit's too)
+    before = store.get_round(loop_id, round_ - 1)
+    doc = RoundDoc(
+        loop_id=loop_id, round=round_,
+        started=previous.started if previous is not None and previous.started else started,
+        finished=utcnow(), wall_time=time.time() - t0,
+        n_train=len(train), n_labels=n_labels,
+        n_new=n_labels - int(before.n_labels or 0 if before is not None else 0),
+        n_failed=len(missing), failed_keys=[f["key"] for f in failures],
+        model_id=model_id, rmse=errors, n_test=len(test),
+        parity={"F_ref": ref.tolist(), "F_pred": pred.tolist()},
+        n_pool=len(candidates), sigma_f=sigma.tolist(), max_sigma_f=max_s,
+        median_sigma_f=float(np.median(sigma)) if len(sigma) else 0.0,
+        rel_unc=rel.tolist(), max_rel_unc=float(rel.max()) if len(rel) else 0.0,
+        threshold=settings.threshold, criterion=settings.criterion,
+        selected=selected, converged=bool(converged),
+        stop_reason=("converged" if converged else "pool_exhausted" if exhausted
+                     else "max_rounds" if last else None),
+    )
     store.put_round(doc)
     if selected:
         store.mark_selected(loop_id, selected, round_ + 1)
     else:
-        store.set_loop_state(loop_id, "COMPLETED", stop_reason=doc["stop_reason"], final_model=model_id,
+        store.set_loop_state(loop_id, "COMPLETED", stop_reason=doc.stop_reason, final_model=model_id,
                              final_round=round_)
     log.info("loop %s round %d: n_train %d, F RMSE %s, max sigma %.4g, %s", loop_id, round_, len(train),
-             errors.get("F"), max_s, doc["stop_reason"] or f"selected {len(selected)}")
+             errors.get("F"), max_s, doc.stop_reason or f"selected {len(selected)}")
     return doc
 
 

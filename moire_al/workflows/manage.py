@@ -10,18 +10,57 @@ import json
 from pathlib import Path
 
 from moire_al.errors import MoireALError
+from moire_al.store.documents import LONG_FIELDS, LoopDoc
 from moire_al.store.mongo import Store
 
-TERMINAL_RUN = ("COMPLETED", "RUNNING", "FIZZLED", "RESERVED")
+# Children of a rerun label that keep their result: their link is removed so FireWorks
+# does not replay them. A FIZZLED child (a fit that failed because every label of its
+# round failed) produced nothing and added nothing: it stays linked, so rerunning the
+# label reruns it too once the labels are in.
+DETACH_STATES = ("COMPLETED", "RUNNING", "RESERVED")
 
 
 def loop_ids(store: Store) -> list[str]:
-    return [d["loop_id"] for d in store.loops.find({}, {"loop_id": 1}).sort("created", 1)]
+    return store.loop_ids()
+
+
+def require_loop(store: Store, loop_id: str) -> LoopDoc:
+    """The loop document, or a :class:`NotFoundError` naming the known loops."""
+    from moire_al.errors import NotFoundError
+
+    loop = store.get_loop(loop_id)
+    if loop is None:
+        known = store.loop_ids()
+        raise NotFoundError(f"no loop {loop_id!r} in the job database"
+                            + (f" (loops: {', '.join(known[-10:])})" if known else " (it has no loops)"))
+    return loop
+
+
+def init_problems(lp) -> list[dict]:
+    """Init Fireworks that have not completed (no loop document yet): fw id, workflow
+    name, state and, for a FIZZLED one, the last line of its error."""
+    out = []
+    from moire_al.workflows.builders import fw_query
+
+    for d in lp.fireworks.find({**fw_query(step="init"), "state": {"$ne": "COMPLETED"}},
+                               {"fw_id": 1, "name": 1, "state": 1}):
+        wf = lp.workflows.find_one({"nodes": d["fw_id"]}, {"name": 1}) or {}
+        error = ""
+        if d["state"] == "FIZZLED":
+            launch = lp.launches.find_one({"fw_id": d["fw_id"]}, {"action.stored_data._exception": 1},
+                                          sort=[("launch_id", -1)]) or {}
+            trace = (((launch.get("action") or {}).get("stored_data") or {}).get("_exception") or {}) \
+                .get("_stacktrace") or ""
+            error = trace.strip().splitlines()[-1] if trace.strip() else ""
+        out.append({"fw_id": d["fw_id"], "workflow": wf.get("name", ""), "state": d["state"], "error": error})
+    return sorted(out, key=lambda x: x["fw_id"])
 
 
 def fw_states(lp, loop_id: str | None = None) -> dict:
     """Count of Fireworks per state (for one loop: its label and fit Fireworks)."""
-    q = {"spec._moire.loop_id": loop_id} if loop_id else {}
+    from moire_al.workflows.builders import fw_query
+
+    q = fw_query(loop_id=loop_id)
     counts: dict = {}
     for d in lp.fireworks.find(q, {"state": 1}):
         counts[d["state"]] = counts.get(d["state"], 0) + 1
@@ -30,10 +69,10 @@ def fw_states(lp, loop_id: str | None = None) -> dict:
 
 def status_table(store: Store, loop_id: str) -> str:
     """A plain-text table of a loop's rounds."""
-    loop = store.loops.find_one({"loop_id": loop_id}) or {}
-    params = loop.get("params", {})
+    loop = store.get_loop(loop_id) or LoopDoc(loop_id=loop_id)
+    params = loop.params or {}
     head = (f"loop {loop_id}  material {params.get('material', '?')}  labeller {params.get('labeller', '?')}  "
-            f"state {loop.get('state', '?')}" + (f" ({loop['stop_reason']})" if loop.get("stop_reason") else ""))
+            f"state {loop.state or '?'}" + (f" ({loop.stop_reason})" if loop.stop_reason else ""))
     try:
         from moire_al.workflows.loop import labels_description
         from moire_al.workflows.settings import LoopSettings
@@ -44,14 +83,14 @@ def status_table(store: Store, loop_id: str) -> str:
     cols = ["round", "n_train", "new", "failed", "E meV/at", "F eV/Å", "max σF", "med σF", "next", "time s"]
     rows = []
     for d in store.get_rounds(loop_id):
-        if "n_train" not in d:
+        if not d.finished_fit:
             continue
-        rmse = d.get("rmse") or {}
+        rmse = d.rmse or {}
         rows.append([
-            str(d["round"]), str(d["n_train"]), str(d.get("n_new", "")), str(d.get("n_failed", "")),
-            _fmt(rmse.get("E_meV_atom")), _fmt(rmse.get("F")), _fmt(d.get("max_sigma_f")),
-            _fmt(d.get("median_sigma_f")), d.get("stop_reason") or str(len(d.get("selected") or [])),
-            f"{d.get('wall_time', 0):.1f}",
+            str(d.round), str(d.n_train), _fmt(d.n_new, ""), _fmt(d.n_failed, ""),
+            _fmt(rmse.get("E_meV_atom")), _fmt(rmse.get("F")), _fmt(d.max_sigma_f),
+            _fmt(d.median_sigma_f), d.stop_reason or str(len(d.selected or [])),
+            f"{d.wall_time or 0:.1f}",
         ])
     widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
     line = lambda r: "  ".join(x.rjust(w) for x, w in zip(r, widths))  # noqa: E731
@@ -61,9 +100,9 @@ def status_table(store: Store, loop_id: str) -> str:
     return "\n".join(out)
 
 
-def _fmt(x) -> str:
+def _fmt(x, missing: str = "-") -> str:
     if x is None:
-        return "-"
+        return missing
     return f"{x:.4g}" if isinstance(x, float) else str(x)
 
 
@@ -81,7 +120,7 @@ def _detach_finished_children(lp, fw_id: int) -> list[int]:
         wf = lp.workflows.find_one({"nodes": fw_id}, {"links": 1, "fw_states": 1})
         children = wf["links"].get(str(fw_id), [])
         states = wf.get("fw_states", {})
-        done = [c for c in children if states.get(str(c)) in TERMINAL_RUN]
+        done = [c for c in children if states.get(str(c)) in DETACH_STATES]
         if done:
             keep = [c for c in children if c not in done]
             update = {f"links.{fw_id}": keep}
@@ -97,17 +136,13 @@ def resume(lp, loop_id: str | None = None, round_: int | None = None) -> dict:
     When the loop has already stopped, a refit Firework is added after them so the
     recovered labels reach a model.
     """
-    from fireworks import Firework
-
+    from moire_al.workflows.builders import SPEC_KEY, fw_query, fw_tags, refit_workflow
     from moire_al.workflows.settings import LoopSettings
-    from moire_al.workflows.tasks import FitRoundTask
 
-    q: dict = {"state": "FIZZLED", "spec._moire.step": "label"}
     if loop_id:
-        q["spec._moire.loop_id"] = loop_id
-    if round_ is not None:
-        q["spec._moire.round"] = round_
-    fws = list(lp.fireworks.find(q, {"fw_id": 1, "spec._moire": 1}))
+        require_loop(Store.from_launchpad(lp), loop_id)
+    q = {**fw_query(step="label", loop_id=loop_id, round_=round_), "state": "FIZZLED"}
+    fws = list(lp.fireworks.find(q, {"fw_id": 1, f"spec.{SPEC_KEY}": 1}))
     rerun, detached = [], []
     for d in fws:
         detached += _detach_finished_children(lp, d["fw_id"])
@@ -117,21 +152,15 @@ def resume(lp, loop_id: str | None = None, round_: int | None = None) -> dict:
     refits = []
     by_loop: dict = {}
     for d in fws:
-        by_loop.setdefault(d["spec"]["_moire"]["loop_id"], []).append(d["fw_id"])
+        by_loop.setdefault(fw_tags(d)["loop_id"], []).append(d["fw_id"])
     for lid, ids in by_loop.items():
-        loop = store.loops.find_one({"loop_id": lid}) or {}
-        if loop.get("state") != "COMPLETED":
+        loop = store.get_loop(lid)
+        if loop is None or loop.state != "COMPLETED":
             continue  # a fit still to come will pick the labels up
-        last = max((r["round"] for r in store.get_rounds(lid)), default=-1)
-        settings = LoopSettings.from_dict(loop["params"])
+        last = max((r.round for r in store.get_rounds(lid, fields=["round"])), default=-1)
+        settings = LoopSettings.from_dict(loop.params)
         store.set_loop_state(lid, "RUNNING", stop_reason=None)
-        fw = Firework([FitRoundTask(loop_id=lid, round=last + 1, params=settings.as_dict())],
-                      name=f"fit+score r{last + 1} (after resume)",
-                      spec={"_add_launchpad_and_fw_id": True, "_category": "fit", "_allow_fizzled_parents": True,
-                            "_moire": {"loop_id": lid, "round": last + 1, "step": "fit"}})
-        from fireworks import Workflow
-
-        lp.append_wf(Workflow([fw]), fw_ids=ids)
+        lp.append_wf(refit_workflow(settings, lid, last + 1), fw_ids=ids)
         refits.append(lid)
     return {"rerun": rerun, "detached": detached, "refit_loops": refits}
 
@@ -140,14 +169,14 @@ def write_report(store: Store, loop_id: str, outdir: str | Path) -> Path:
     """Plots (PNG), the rounds as JSON, and the latest model, in ``outdir``."""
     from moire_al.workflows import report
 
+    require_loop(store, loop_id)
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    rounds = [r for r in store.get_rounds(loop_id) if "n_train" in r]
+    rounds = [r for r in store.get_rounds(loop_id) if r.finished_fit]
     report.write_plots(rounds, outdir)
     (outdir / "rounds.json").write_text(json.dumps(
-        [{k: v for k, v in r.items() if k not in ("sigma_f", "rel_unc", "parity")} for r in rounds],
-        indent=1, default=str))
+        [r.as_dict(exclude=LONG_FIELDS) for r in rounds], indent=1, default=str))
     (outdir / "status.txt").write_text(status_table(store, loop_id) + "\n")
     if rounds:
-        store.get_model_dir(rounds[-1]["model_id"], outdir)
+        store.get_model_dir(rounds[-1].model_id, outdir)
     return outdir

@@ -13,6 +13,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from moire_al.store.documents import RoundDoc
+
 
 def _figure(width: float = 9.0, height: float = 4.0):
     from matplotlib.figure import Figure
@@ -38,8 +40,8 @@ def _num(value: Any, default: float | None = None) -> float | None:
     return x if math.isfinite(x) else default
 
 
-def _rmse(doc: dict, key: str) -> float | None:
-    rmse = doc.get("rmse")
+def _rmse(doc: RoundDoc, key: str) -> float | None:
+    rmse = doc.rmse
     return _num(rmse.get(key)) if isinstance(rmse, dict) else None
 
 
@@ -55,7 +57,7 @@ def _fmt_round(value: Any) -> str:
     return "-" if x is None else str(int(x))
 
 
-def learning_curve_figure(docs: list[dict]):
+def learning_curve_figure(docs: list[RoundDoc]):
     """Force RMSE on the test split vs training-set size; pool σ_F (max_i ‖σ F_i‖, eV/Å) vs round."""
     if not docs:
         return None
@@ -65,14 +67,14 @@ def learning_curve_figure(docs: list[dict]):
     labels = (("F", "all", "o-"), ("F_inplane", "in-plane", "s--"), ("F_outofplane", "out-of-plane", "^--"))
     drawn = False
     for key, label, style in labels:
-        pts = [(_num(d.get("n_train")), _rmse(d, key)) for d in docs]
+        pts = [(_num(d.n_train), _rmse(d, key)) for d in docs]
         pts = [(n, r) for n, r in pts if n is not None and r is not None]
         if pts:
             ax1.plot(*zip(*pts), style, label=label, ms=5)
             drawn = True
     if drawn:
         ax1.legend(fontsize=8)
-        xs = [n for d in docs if (n := _num(d.get("n_train"))) and n > 0]
+        xs = [n for d in docs if (n := _num(d.n_train)) and n > 0]
         if xs and max(xs) / min(xs) > 20:
             ax1.set_xscale("log")
     else:
@@ -82,9 +84,9 @@ def learning_curve_figure(docs: list[dict]):
     ax1.set_title("learning curve (held-out test split)")
     ax1.grid(alpha=0.3)
 
-    rounds = [_num(d.get("round")) for d in docs]
+    rounds = [_num(d.round) for d in docs]
     for key, label, style in (("max_sigma_f", "max σ_F", "o-"), ("median_sigma_f", "median σ_F", "s:")):
-        pts = [(r, _num(d.get(key))) for r, d in zip(rounds, docs)]
+        pts = [(r, _num(getattr(d, key))) for r, d in zip(rounds, docs)]
         pts = [(r, v) for r, v in pts if r is not None and v is not None]
         if pts:
             ax2.plot(*zip(*pts), style, label=label, ms=5)
@@ -99,8 +101,8 @@ def learning_curve_figure(docs: list[dict]):
     return fig
 
 
-def _threshold_line(ax, docs: list[dict]) -> None:
-    pts = [(_num(d.get("round")), _num(d.get("threshold"))) for d in docs]
+def _threshold_line(ax, docs: list[RoundDoc]) -> None:
+    pts = [(_num(d.round), _num(d.threshold)) for d in docs]
     pts = [(r, t) for r, t in pts if r is not None and t is not None]
     if not pts:
         return
@@ -117,9 +119,9 @@ def _integer_xaxis(ax) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def sigma_f_figure(docs: list[dict]):
+def sigma_f_figure(docs: list[RoundDoc]):
     """Distribution of the scored candidates' σ_F in each round."""
-    data = [(_num(d.get("round")), _floats(d.get("sigma_f"))) for d in docs]
+    data = [(_num(d.round), _floats(d.sigma_f)) for d in docs]
     data = [(r, v) for r, v in data if r is not None and v]
     if not data:
         return None
@@ -145,14 +147,14 @@ def sigma_f_figure(docs: list[dict]):
     return fig
 
 
-def parity_figure(docs: list[dict], round_: int | None = None):
+def parity_figure(docs: list[RoundDoc], round_: int | None = None):
     """Force parity (test split) of the latest round with parity data, or of ``round_``."""
     want = round_
     chosen, ref, pred = None, [], []
     for d in reversed(docs):
-        if want is not None and _num(d.get("round")) != want:
+        if want is not None and _num(d.round) != want:
             continue
-        par = d.get("parity") if isinstance(d.get("parity"), dict) else {}
+        par = d.parity if isinstance(d.parity, dict) else {}
         pairs = [(_num(a), _num(b)) for a, b in zip(par.get("F_ref") or [], par.get("F_pred") or [])]
         pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
         if pairs:
@@ -175,7 +177,7 @@ def parity_figure(docs: list[dict], round_: int | None = None):
             va="top", fontsize=9, bbox={"fc": "white", "ec": "0.8"})
     ax.set_xlabel("reference force (eV/Å)")
     ax.set_ylabel("ACE force (eV/Å)")
-    ax.set_title(f"force parity, round {_fmt_round(chosen.get('round'))}")
+    ax.set_title(f"force parity, round {_fmt_round(chosen.round)}")
     ax.grid(alpha=0.3)
     return fig
 
@@ -183,7 +185,7 @@ def parity_figure(docs: list[dict], round_: int | None = None):
 FIGURES = {"learning_curve": learning_curve_figure, "sigma_f": sigma_f_figure, "parity": parity_figure}
 
 
-def write_plots(rounds: list[dict], outdir: str | Path) -> list[Path]:
+def write_plots(rounds: list[RoundDoc], outdir: str | Path) -> list[Path]:
     """The three figures as PNG files in ``outdir`` (those with data)."""
     outdir = Path(outdir)
     out = []

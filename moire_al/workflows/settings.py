@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-from moire_al.errors import MoireALError
+from moire_al.errors import MoireALError, SettingsError
 
 MATERIALS = ("graphene", "hbn")
 LABELLERS = ("reference", "cp2k", "gpaw", "dataset")
@@ -18,9 +18,18 @@ LABELLERS = ("reference", "cp2k", "gpaw", "dataset")
 POOL_FILE_KEYS = ("file", "layers")
 CRITERIA = ("rel_force_unc", "max_force_std")
 
+__all__ = ["LoopSettings", "SettingsError", "MATERIALS", "LABELLERS", "CRITERIA"]
 
-class SettingsError(MoireALError, ValueError):
-    """A loop parameter is unknown or out of range."""
+
+def loop_labellers() -> tuple:
+    """Labellers a loop can use: the built-in ones that label, and registered ones."""
+    from moire_al.labelling import labeller_names
+
+    return LABELLERS + tuple(n for n in labeller_names() if n not in LABELLERS and n != "vasp-inputs")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 @dataclass
@@ -54,8 +63,8 @@ class LoopSettings:
 
         if self.material not in MATERIALS:
             bad("material", f"{self.material!r} is not one of {MATERIALS}")
-        if self.labeller not in LABELLERS:
-            bad("labeller", f"{self.labeller!r} is not one of {LABELLERS}")
+        if self.labeller not in loop_labellers():
+            bad("labeller", f"{self.labeller!r} is not one of {loop_labellers()}")
         if self.criterion not in CRITERIA:
             bad("criterion", f"{self.criterion!r} is not one of {CRITERIA}")
         if not isinstance(self.pool, (dict, str)):
@@ -74,12 +83,17 @@ class LoopSettings:
                 bad("pool", f"'layers' must be a list of layer counts, got {layers!r}")
         for name in ("n_initial", "batch_size", "max_rounds", "chunk_size"):
             v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            if not _is_int(v) or v < 1:
                 bad(name, f"must be a positive integer, got {v!r}")
-        if not isinstance(self.n_test, int) or self.n_test < 0:
+        if not _is_int(self.n_test) or self.n_test < 0:
             bad("n_test", f"must be a non-negative integer, got {self.n_test!r}")
-        if not isinstance(self.threshold, (int, float)) or not self.threshold > 0:
+        if not _is_int(self.seed):
+            bad("seed", f"must be an integer, got {self.seed!r}")
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) \
+                or not self.threshold > 0:
             bad("threshold", f"must be a positive number, got {self.threshold!r}")
+        if not isinstance(self.name, str):
+            bad("name", f"must be a string, got {self.name!r}")
         if not isinstance(self.labeller_settings, dict):
             bad("labeller_settings", "must be a mapping")
         if not isinstance(self.model, dict):
@@ -91,6 +105,20 @@ class LoopSettings:
                 self.explore_settings()
             except (TypeError, MoireALError) as exc:
                 bad("explore", str(exc))
+        # The nested parameters too, so a bad one fails here and not on a worker after
+        # the pool is stored and labels are computed.
+        if self.pool_file is None:
+            self.pool_recipe()
+        try:
+            self.labeller_obj()
+        except (MoireALError, ValueError, TypeError) as exc:
+            bad("labeller_settings", str(exc))
+        from moire_al.models.ace import ACEModel
+
+        try:
+            ACEModel.check_params(self.model)
+        except (MoireALError, ValueError, TypeError) as exc:
+            bad("model", str(exc))
 
     def explore_settings(self, round_: int = 0):
         """(n_starts, ExploreSettings) of the explore step of round ``round_`` (its own seed)."""
@@ -134,6 +162,12 @@ class LoopSettings:
         if isinstance(self.pool, dict):
             try:
                 return PoolRecipe.from_dict(self.pool)
-            except (TypeError, ValueError) as exc:
-                raise SettingsError(f"loop parameter 'pool': {exc}") from exc
+            except (TypeError, ValueError, MoireALError) as exc:
+                raise SettingsError(f"loop parameter 'pool': {exc}") from None
         return PoolRecipe.small() if self.pool == "small" else PoolRecipe.paper()
+
+    def labeller_obj(self):
+        """The loop's labeller (constructing it checks ``labeller_settings``)."""
+        from moire_al.labelling import get_labeller
+
+        return get_labeller(self.labeller, self.labeller_settings)

@@ -31,8 +31,9 @@ def _branch_exists(task, loop_id: str, round_: int) -> bool:
     lp = getattr(task, "launchpad", None)
     if lp is None:
         return False
-    return lp.fireworks.count_documents(
-        {"spec._moire.loop_id": loop_id, "spec._moire.round": round_, "spec._moire.step": "fit"}) > 0
+    from moire_al.workflows.builders import fw_query
+
+    return lp.fireworks.count_documents(fw_query(step="fit", loop_id=loop_id, round_=round_)) > 0
 
 
 def _next(task, settings: LoopSettings, loop_id: str, round_: int, hashes: list[str]) -> FWAction:
@@ -80,10 +81,11 @@ class FitRoundTask(FiretaskBase):
         settings = LoopSettings.from_dict(self["params"])
         r = self["round"]
         doc = loop.fit_round(_store(self), settings, self["loop_id"], r)
-        summary = {k: doc[k] for k in ("round", "n_train", "n_failed", "max_sigma_f", "stop_reason", "model_id")}
-        if not doc["selected"]:
+        summary = {k: getattr(doc, k) for k in ("round", "n_train", "n_failed", "max_sigma_f", "stop_reason",
+                                                 "model_id")}
+        if not doc.selected:
             return FWAction(stored_data=summary)
-        action = _next(self, settings, self["loop_id"], r + 1, doc["selected"])
+        action = _next(self, settings, self["loop_id"], r + 1, doc.selected)
         action.stored_data.update(summary)
         return action
 
