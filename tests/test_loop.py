@@ -476,7 +476,7 @@ def test_explore_step_finds_join_the_candidates_once_and_are_scored(launchpad, t
     run_all(launchpad)
     store = Store.from_launchpad(launchpad)
     rounds = store.get_rounds("L")
-    assert [r["round"] for r in rounds] == [0, 1]
+    assert [r.round for r in rounds] == [0, 1]
     fws = list(launchpad.fireworks.find({"spec._moire.step": "explore"}))
     assert [(f["spec"]["_moire"]["round"], f["spec"]["_category"], f["state"]) for f in fws] == \
         [(1, "fit", "COMPLETED")]
@@ -493,8 +493,8 @@ def test_explore_step_finds_join_the_candidates_once_and_are_scored(launchpad, t
     finds = store.get_structures(new)
     assert all(f.info["explore_round"] == 1 and f.info["explore_step"] == 1 for f in finds)
     # scored in round 1: its pool is round 0's minus the 3 selected plus the finds
-    assert rounds[1]["n_pool"] == rounds[0]["n_pool"] - 3 + len(new)
-    scored = dict(zip(store.member_hashes("L", role="pool", selected=False), rounds[1]["rel_unc"]))
+    assert rounds[1].n_pool == rounds[0].n_pool - 3 + len(new)
+    scored = dict(zip(store.member_hashes("L", role="pool", selected=False), rounds[1].rel_unc))
     assert all(scored[h] > 0 for h in new)
     # a rerun of the step stores nothing twice and adds no member
     n_s, n_m = store.structures.count_documents({}), store.members.count_documents({"loop_id": "L"})
