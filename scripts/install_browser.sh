@@ -9,20 +9,7 @@ if [ -x /usr/bin/chromium ]; then
     exit 0
 fi
 
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-    if command -v sudo >/dev/null 2>&1; then
-        SUDO="sudo"
-    else
-        echo "install_browser.sh: need root (or sudo) to apt-get install chromium" >&2
-        exit 1
-    fi
-fi
-
-export DEBIAN_FRONTEND=noninteractive
-if ! apt-cache show chromium >/dev/null 2>&1; then
-    $SUDO apt-get update
-fi
-$SUDO apt-get install -y --no-install-recommends chromium
+source "$(dirname "$0")/apt_install.sh"
+apt_install chromium
 
 /usr/bin/chromium --version || true

@@ -6,23 +6,10 @@ set -euo pipefail
 
 if command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v sbatch >/dev/null \
         && command -v munged >/dev/null; then
-    echo "SLURM already installed: $(sbatch --version)"
+    echo "SLURM already installed: slurmctld $(dpkg-query -W -f='${Version}' slurmctld 2>/dev/null || echo '?')"
     exit 0
 fi
 
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-    if command -v sudo >/dev/null 2>&1; then
-        SUDO="sudo"
-    else
-        echo "install_slurm.sh: need root (or sudo) to apt-get install slurm" >&2
-        exit 1
-    fi
-fi
-
-export DEBIAN_FRONTEND=noninteractive
-if ! apt-cache show slurmctld >/dev/null 2>&1; then
-    $SUDO apt-get update
-fi
-$SUDO apt-get install -y --no-install-recommends slurmctld slurmd slurm-client munge
-sbatch --version
+source "$(dirname "$0")/apt_install.sh"
+apt_install slurmctld slurmd slurm-client munge
+echo "SLURM installed: slurmctld $(dpkg-query -W -f='${Version}' slurmctld)"
