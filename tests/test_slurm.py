@@ -24,7 +24,6 @@ from fireworks.core.rocket_launcher import launch_rocket, rapidfire
 from moire_al import config, dbserver
 from moire_al.store.mongo import Store
 
-pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 NEEDED = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "scontrol")
 
