@@ -5,6 +5,7 @@ One implementation each (labelling, analysis, structures and the CLI all use the
 - :func:`find_layers`: ``arrays["layer"]`` when present, else clustering of z, with z
   unwrapped across the periodic boundary first, so a layer that straddles the cell's
   top/bottom face is one layer;
+- :func:`layer_count`: ``info["n_layers"]`` or the number of :func:`find_layers` layers;
 - :func:`check_overlaps`: a :class:`~moire_al.errors.StructureError` naming the closest
   pair when two atoms (periodic images included) are closer than a threshold. The
   thresholds differ by purpose: 0.5 Å when a file is read (``structures.io``: atoms that
@@ -61,6 +62,13 @@ def find_layers(atoms, z_gap: float = LAYER_Z_GAP) -> np.ndarray:
             current += 1
         layer[i] = current
     return layer
+
+
+def layer_count(atoms) -> int:
+    """Number of layers: ``info["n_layers"]`` (structures built by moire-al), else :func:`find_layers`."""
+    if "n_layers" in atoms.info:
+        return int(atoms.info["n_layers"])
+    return int(find_layers(atoms).max()) + 1 if len(atoms) else 0
 
 
 def check_overlaps(atoms, min_dist: float) -> None:

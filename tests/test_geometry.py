@@ -46,3 +46,16 @@ def test_one_overlap_check_for_files_and_labellers(tmp_path):
     write(tmp_path / "b.xyz", at)
     with pytest.raises(StructureError, match=r"atoms 0 and 1 overlap \(0.400 Å apart, < 0.5 Å\)"):
         read_structures(tmp_path / "b.xyz")
+
+
+def test_layer_count_from_info_or_geometry():
+    from moire_al.geometry import layer_count
+
+    at, _ = bilayer_across_the_boundary()
+    assert layer_count(at) == 2
+    tri = multilayer("graphene", "ABA", distances=3.4, n=2)
+    tri.arrays.pop("layer")
+    tri.info.pop("n_layers", None)
+    assert layer_count(tri) == 3
+    tri.info["n_layers"] = 5           # what the structure says of itself wins
+    assert layer_count(tri) == 5

@@ -528,6 +528,24 @@ def test_structure_weights_pull_the_fit_and_bad_weights_are_named(cbasis, true_c
         ACEModel(d3=False, **SMALL).fit(data + [bad])
 
 
+def test_multilayer_weight_is_a_fit_weight_on_every_multilayer(cbasis, true_coef):
+    """multilayer_weight w weights the rows of structures with >= 2 layers by w, exactly as
+    info["fit_weight"] = w on each of them would; monolayers keep weight 1."""
+    mono = [S.stacked("graphene", 1, 3, d=3.4, shifts=[[0, 0]], rattle=0.1, seed=s) for s in range(4)]
+    bil = [_bilayer(s, rattle=0.06) for s in range(4)]
+    data = _label_linear(cbasis, true_coef, mono + bil, noise_f=0.05)
+    by_option = ACEModel(d3=False, committee_size=0, multilayer_weight=4.0, **SMALL).fit(data)
+    by_info = [a.copy() for a in data]
+    for a in by_info[len(mono):]:
+        a.info["fit_weight"] = 4.0
+    by_hand = ACEModel(d3=False, committee_size=0, multilayer_weight=1.0, **SMALL).fit(by_info)
+    plain = ACEModel(d3=False, committee_size=0, multilayer_weight=1.0, **SMALL).fit(data)
+    assert np.allclose(by_option.coef_, by_hand.coef_, rtol=1e-10, atol=1e-12)
+    assert not np.allclose(by_option.coef_, plain.coef_, rtol=1e-6)
+    with pytest.raises(ModelError, match="multilayer_weight"):
+        ACEModel.check_params({"multilayer_weight": 0})
+
+
 def test_kernel_two_species_hbn():
     """B and N: the kernel's species tables agree with the exact evaluation."""
     _kernel_or_skip()

@@ -140,7 +140,8 @@ def fit_command(args) -> int:
     info = model.fit_info_
     print(f"model: {out}  ({info['n_basis']} basis functions, {info['n_structures']} structures, "
           f"{info['n_atoms']} atoms, fit {info['time_total_s']:.1f} s)")
-    print(f"evidence: noise σ_F = {info['noise_std_force_eV_per_A']:.4f} eV/Å, "
+    print(f"evidence: noise σ_F = {info['noise_std_force_eV_per_A']:.4f} eV/Å (multilayers; monolayers "
+          f"{info['noise_std_force_monolayer_eV_per_A']:.4f}), "
           f"σ_E = {info['noise_std_energy_meV_per_atom']:.3f} meV/atom, "
           f"effective parameters {info['effective_parameters']:.1f}")
     print(format_table(tables))

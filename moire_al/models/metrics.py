@@ -10,16 +10,13 @@ from __future__ import annotations
 import numpy as np
 
 from moire_al.conventions import REF_D3, REF_ENERGY, REF_FORCES
+from moire_al.geometry import layer_count
 
 from .validation import structure_name
 
 
 def n_layers_of(atoms) -> str:
-    if "n_layers" in atoms.info:
-        return str(int(atoms.info["n_layers"]))
-    if "layer" in atoms.arrays:
-        return str(len(np.unique(atoms.arrays["layer"])))
-    return "?"
+    return str(layer_count(atoms))
 
 
 def predict_like_labels(model, atoms_list, committee: bool = True) -> list[dict]:
