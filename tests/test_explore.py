@@ -183,3 +183,106 @@ def test_finetune_refuses_a_training_file_that_is_not_the_models(tiny, tmp_path,
     err = capsys.readouterr().err
     assert rc == 1 and err.count("\n") == 1 and "not the one the model was fitted to" in err
     assert not (tmp_path / "new").exists()
+
+
+# ------------------------------------------------------------------ fine-tuning as Fireworks
+def _run(lp, category=None):
+    from fireworks import FWorker
+    from fireworks.core.rocket_launcher import rapidfire
+
+    rapidfire(lp, FWorker(category=category) if category else FWorker(), nlaunches=0, sleep_time=0, max_loops=1)
+
+
+def test_finetune_workflow_labels_refits_and_stores_errors_an_independent_evaluation_finds(
+        tiny, gcalc, launchpad, launchpad_file, tmp_path, monkeypatch, capsys):
+    from moire_al.cli import main
+    from moire_al.store.mongo import Store
+    import synthetic as S
+    from moire_al.structures import write_structures
+
+    monkeypatch.chdir(tmp_path)
+    task = _strained_task()
+    write_structures(tmp_path / "task.xyz", task)
+    rc = main(["finetune", str(tiny[1]), str(tmp_path / "task.xyz"), "--labeller", "reference", "--train",
+               str(tiny[2]), "--workflow", "--id", "ft1", "-l", str(launchpad_file)])
+    assert rc == 0 and "added fine-tuning ft1: 4 task structures" in capsys.readouterr().out
+    assert launchpad.get_fw_ids(count_only=True) == 5           # 4 labels + the refit
+    _run(launchpad, "fit")                                       # the refit waits for its labels
+    assert launchpad.get_fw_ids({"state": "COMPLETED"}, count_only=True) == 0
+    _run(launchpad, "dft")
+    assert launchpad.get_fw_ids({"state": "COMPLETED"}, count_only=True) == 4
+    _run(launchpad, "fit")
+    assert launchpad.get_fw_ids({"state": "COMPLETED"}, count_only=True) == 5
+    store = Store.from_launchpad(launchpad)
+    doc = store.get_finetune("ft1")
+    assert doc.n_task == 4 and doc.n_failed == 0 and doc.n_train == 12 and doc.test_set == "train"
+    assert store.labels.count_documents({"loop_id": "ft1", "round": 0}) == 4   # task labels, once each
+    assert "not DFT" in doc.labels
+    labelled = S.label(task, gcalc)
+    for when, model_id in (("before", "ft1-base"), ("after", "ft1-model")):
+        F, E = _rmse_independent(store.get_model_dir(model_id, tmp_path / when), labelled)
+        table = getattr(doc, f"task_{when}")["all"]
+        assert table["F_eV_per_A"] == pytest.approx(F, rel=1e-6, abs=1e-9)
+        assert table["E_meV_per_atom"] == pytest.approx(E, rel=1e-5, abs=1e-6)
+    assert doc.task_after["all"]["F_eV_per_A"] < 0.8 * doc.task_before["all"]["F_eV_per_A"]
+    assert doc.forgetting_F_ratio < 1.5
+    # the refit equals the one `moire-al finetune` makes here and now
+    rc = main(["finetune", str(tiny[1]), str(tmp_path / "task.xyz"), "--labeller", "reference", "--train",
+               str(tiny[2]), "-o", str(tmp_path / "here")])
+    assert rc == 0
+    import json
+
+    here = json.loads((tmp_path / "here" / "finetune.json").read_text())
+    assert here["task_after"]["all"]["F_eV_per_A"] == pytest.approx(doc.task_after["all"]["F_eV_per_A"], rel=1e-9)
+
+
+def test_finetune_workflow_records_a_failed_label_and_resume_refits_with_it(tiny, launchpad, launchpad_file,
+                                                                            tmp_path, monkeypatch, capsys):
+    from moire_al.cli import main
+    from moire_al.conventions import structure_hash
+    from moire_al.store.mongo import Store
+    from moire_al.structures import write_structures
+    from moire_al.workflows.manage import resume
+
+    monkeypatch.chdir(tmp_path)
+    task = _strained_task()
+    write_structures(tmp_path / "task.xyz", task)
+    victim = structure_hash(task[1])
+    monkeypatch.setenv("MOIRE_AL_TEST_FAIL_ON", victim)
+    rc = main(["finetune", str(tiny[1]), str(tmp_path / "task.xyz"), "--labeller", "faulty-reference",
+               "--train", str(tiny[2]), "--workflow", "--id", "ft2", "-l", str(launchpad_file)])
+    assert rc == 0, capsys.readouterr().err
+    _run(launchpad)
+    store = Store.from_launchpad(launchpad)
+    fizzled = launchpad.get_fw_ids({"state": "FIZZLED"})
+    assert len(fizzled) == 1 and launchpad.get_fw_by_id(fizzled[0]).spec["_tasks"][0]["hashes"] == [victim]
+    doc = store.get_finetune("ft2")
+    assert doc.n_task == 3 and doc.n_failed == 1 and doc.failed_keys[0].startswith(victim)
+    failure = store.failures.find_one({"structure_hash": victim})
+    assert failure["loop_id"] == "ft2" and failure["resolved"] is False and failure["error_type"] == "InjectedFault"
+    monkeypatch.delenv("MOIRE_AL_TEST_FAIL_ON")
+    out = resume(launchpad, "ft2")
+    assert out["rerun"] == fizzled and out["detached"] == []
+    _run(launchpad)
+    assert launchpad.get_fw_ids({"state": "FIZZLED"}) == []
+    doc = store.get_finetune("ft2")
+    assert doc.n_task == 4 and doc.n_failed == 0        # the refit reran with the recovered label
+    assert store.labels.count_documents({"loop_id": "ft2"}) == 4 + 12   # task + replayed training labels
+    assert store.failures.find_one({"structure_hash": victim})["resolved"] is True
+
+
+def test_finetune_workflow_input_errors_are_one_line_and_store_nothing(tiny, launchpad, launchpad_file, tmp_path,
+                                                                      capsys):
+    from moire_al.cli import main
+    from moire_al.structures import write_structures
+
+    write_structures(tmp_path / "task.xyz", _strained_task()[:1])
+    base = ["finetune", str(tiny[1]), str(tmp_path / "task.xyz"), "--train", str(tiny[2]), "-l", str(launchpad_file)]
+    for extra, msg in ((["--labeller", "nope", "--workflow"], "labeller"),
+                       (["--labeller", "reference", "--workflow", "-o", str(tmp_path / "x")], "drop -o"),
+                       (["--labeller", "reference"], "-o NEW_MODEL is required")):
+        rc = main(base + extra)
+        err = capsys.readouterr().err
+        assert rc == 1 and err.count("\n") == 1 and msg in err, err
+    assert launchpad.get_fw_ids(count_only=True) == 0
+    assert launchpad.db["finetunes"].count_documents({}) == 0 and launchpad.db["models"].count_documents({}) == 0

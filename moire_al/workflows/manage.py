@@ -134,18 +134,21 @@ def resume(lp, loop_id: str | None = None, round_: int | None = None) -> dict:
     """Rerun exactly the FIZZLED labelling Fireworks (of one loop / round).
 
     When the loop has already stopped, a refit Firework is added after them so the
-    recovered labels reach a model.
+    recovered labels reach a model. A fine-tuning's labels (``loop_id`` = its
+    ``finetune_id``) rerun with their descendants: the refit then sees every label.
     """
     from moire_al.workflows.builders import SPEC_KEY, fw_query, fw_tags, refit_workflow
     from moire_al.workflows.settings import LoopSettings
 
-    if loop_id:
+    if loop_id and Store.from_launchpad(lp).get_finetune(loop_id) is None:
         require_loop(Store.from_launchpad(lp), loop_id)
     q = {**fw_query(step="label", loop_id=loop_id, round_=round_), "state": "FIZZLED"}
     fws = list(lp.fireworks.find(q, {"fw_id": 1, f"spec.{SPEC_KEY}": 1}))
     rerun, detached = [], []
     for d in fws:
-        detached += _detach_finished_children(lp, d["fw_id"])
+        # a fine-tuning's label keeps its link: the refit (and its NEB) reruns with the label in
+        if not fw_tags(d).get("finetune_id"):
+            detached += _detach_finished_children(lp, d["fw_id"])
         lp.rerun_fw(d["fw_id"])
         rerun.append(d["fw_id"])
     store = Store.from_launchpad(lp)
