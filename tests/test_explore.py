@@ -286,3 +286,67 @@ def test_finetune_workflow_input_errors_are_one_line_and_store_nothing(tiny, lau
         assert rc == 1 and err.count("\n") == 1 and msg in err, err
     assert launchpad.get_fw_ids(count_only=True) == 0
     assert launchpad.db["finetunes"].count_documents({}) == 0 and launchpad.db["models"].count_documents({}) == 0
+
+
+def test_neb_finetune_workflow_labels_the_images_refits_and_runs_the_neb_again(gcalc, launchpad, tmp_path,
+                                                                               monkeypatch):
+    """Seed 003's example on a 27-atom vacancy cell (21.8° bilayer) with the reference
+    potential (not DFT) as the labeller and a base model fitted on its labels of a few
+    rattled bilayers and vacancy cells, replayed from a file."""
+    import ase.io
+
+    from moire_al.analysis.neb import vacancy_endpoints
+    from moire_al.conventions import REF_ENERGY
+    from moire_al.store.mongo import Store
+    from moire_al.structures import twisted_bilayer
+    from moire_al.workflows.builders import neb_finetune_workflow
+    from moire_al.workflows.settings import NebFinetuneSettings
+    import synthetic as S
+
+    monkeypatch.chdir(tmp_path)
+    vac = []
+    for k in range(6):
+        a = vacancy_endpoints(twisted_bilayer("graphene", m=1))[k % 2]
+        a.positions += np.random.default_rng(k).normal(0, 0.05, a.positions.shape)
+        vac.append(a)
+    train = S.label(S.random_set("graphene", 8, seed=3, n=3, layers=(2,), rattle=(0.0, 0.05)) + vac, gcalc)
+    ase.io.write(tmp_path / "train.xyz", train, format="extxyz")
+    s = NebFinetuneSettings(m=1, labeller="reference", train_file=str(tmp_path / "train.xyz"),
+                            model={"order": 2, "totaldegree": 6, "committee_size": 8},
+                            neb={"n_images": 1, "fmax": 0.1, "steps": 20, "relax_fmax": 0.1}, finetune_id="nf")
+    launchpad.add_wf(neb_finetune_workflow(s))
+    _run(launchpad)
+    assert launchpad.get_fw_ids({"state": "COMPLETED"}, count_only=True) == 1 + 3 + 1 + 1   # NEB, 3 labels, refit, NEB
+    store = Store.from_launchpad(launchpad)
+    doc = store.get_finetune("nf")
+    assert doc.model_id == "nf-base" and doc.new_model_id == "nf-model" and doc.n_task == 3 and doc.n_failed == 0
+    assert doc.n_train == len(train)
+    images = store.get_structures(doc.task)
+    assert [im.info["neb_image"] for im in images] == [0, 1, 2] and all(len(im) == 27 for im in images)
+    e = []
+    for im in images:                               # the labels' own barrier, computed independently
+        im.calc = gcalc
+        e.append(im.get_potential_energy())
+    assert doc.barrier_labels == pytest.approx(max(e) - e[0], abs=1e-6)
+    assert doc.barrier_before == pytest.approx(doc.neb_before["barrier"]) and np.isfinite(doc.barrier_after)
+    assert doc.task_after["all"]["F_eV_per_A"] < 0.8 * doc.task_before["all"]["F_eV_per_A"]
+    stages = {d["stage"]: d["model_id"] for d in store.get_analyses(analysis="neb_vacancy", finetune_id="nf")}
+    assert stages == {"before": "nf-base", "after": "nf-model"}
+    # a rerun of the first step adds no second branch
+    first = launchpad.get_fw_ids({"spec._moire.stage": "before"})
+    launchpad.rerun_fw(first[0])
+    n = launchpad.get_fw_ids(count_only=True)
+    _run(launchpad)
+    assert launchpad.get_fw_ids(count_only=True) == n
+
+
+def test_neb_finetune_parameters_are_checked():
+    from moire_al.errors import SettingsError
+    from moire_al.workflows.settings import NebFinetuneSettings
+
+    with pytest.raises(SettingsError, match="'neb'"):
+        NebFinetuneSettings.from_dict({"neb": {"images": 3}})
+    with pytest.raises(SettingsError, match="unknown NEB fine-tuning parameter"):
+        NebFinetuneSettings.from_dict({"cell": 2})
+    with pytest.raises(SettingsError, match="'m'"):
+        NebFinetuneSettings.from_dict({"m": 0})

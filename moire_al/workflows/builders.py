@@ -245,7 +245,7 @@ READY_LOOPS = {
 READY_NEB_FINETUNES = {
     "graphene_neb_finetune_cp2k": NebFinetuneSettings(
         material="graphene", m=2, r=1, labeller="cp2k", train_file="data/dft/graphene.extxyz",
-        name="NEB fine-tuning graphene: vacancy in a 13.2° bilayer (CP2K PBE+D3(BJ))"),
+        name="NEB fine-tuning graphene: vacancy in a 13.2 deg twisted bilayer, 75 atoms (CP2K PBE+D3(BJ))"),
 }
 
 

@@ -135,8 +135,14 @@ def base_model(store: Store, s: NebFinetuneSettings, finetune_id: str):
 
 def neb_before(store: Store, s: NebFinetuneSettings, finetune_id: str, workdir) -> FinetuneSettings:
     """Base model, vacancy NEB with it; the images are stored and become the task.
-    Returns the settings of the fine-tuning that follows."""
+    Returns the settings of the fine-tuning that follows. A rerun reuses the stored
+    NEB and images (the labels, the refit and the branch's Fireworks stay valid)."""
     model, model_id, pairs = base_model(store, s, finetune_id)
+    done = store.get_finetune(finetune_id)
+    if done is not None and done.neb_before and done.task:    # a rerun: the stored NEB and images
+        return FinetuneSettings(model_id=model_id, task=done.task, train=pairs, labeller=s.labeller,
+                                labeller_settings=s.labeller_settings, finetune_id=finetune_id,
+                                name=s.name or f"NEB fine-tuning {finetune_id}")
     images: list = []
     res = _neb(s, model, workdir, images)
     hashes = store.put_structures(images)
@@ -147,9 +153,7 @@ def neb_before(store: Store, s: NebFinetuneSettings, finetune_id: str, workdir) 
                                    barrier_before=res["barrier"], created=utcnow()))
     log.info("NEB fine-tuning %s: barrier %.3f eV with the base model, %d images to label", finetune_id,
              res["barrier"], len(hashes))
-    return FinetuneSettings(model_id=model_id, task=hashes, train=pairs, labeller=s.labeller,
-                            labeller_settings=s.labeller_settings, finetune_id=finetune_id,
-                            name=s.name or f"NEB fine-tuning {finetune_id}")
+    return neb_before(store, s, finetune_id, workdir)
 
 
 def neb_after(store: Store, s: NebFinetuneSettings, finetune_id: str, workdir) -> FinetuneDoc:
