@@ -302,6 +302,10 @@ class Store:
         return model_id
 
     @_retrying
+    def has_model(self, model_id: str) -> bool:
+        return self.models.count_documents({"model_id": model_id}, limit=1) > 0
+
+    @_retrying
     def get_model_dir(self, model_id: str, dest: str | Path | None = None) -> Path:
         """Unpack a stored model into ``dest`` (a temp dir by default); returns the model dir."""
         import gridfs

@@ -122,7 +122,7 @@ def base_model(store: Store, s: NebFinetuneSettings, finetune_id: str):
     pairs = store_labelled_file(store, resolve_data_path(s.train_file), finetune_id)
     model_id = f"{finetune_id}-base"
     with tempfile.TemporaryDirectory() as tmp:
-        if store.models.find_one({"model_id": model_id}) is not None:
+        if store.has_model(model_id):
             return ACEModel.load(store.get_model_dir(model_id, tmp)), model_id, pairs
         train = _labelled(store, pairs)
         d3 = all(bool(a.info.get(REF_D3, False)) for a in train)   # replayed DFT: D3 in the labels
