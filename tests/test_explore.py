@@ -296,7 +296,6 @@ def test_neb_finetune_workflow_labels_the_images_refits_and_runs_the_neb_again(g
     import ase.io
 
     from moire_al.analysis.neb import vacancy_endpoints
-    from moire_al.conventions import REF_ENERGY
     from moire_al.store.mongo import Store
     from moire_al.structures import twisted_bilayer
     from moire_al.workflows.builders import neb_finetune_workflow
