@@ -38,12 +38,23 @@ class LabelCache:
     def get(self, key):
         return self.by_key.get(key)
 
-    def add(self, labelled) -> None:
-        """Add a labelled structure (``LabelRecord.apply_to``'s output) and rewrite the file."""
+    def add(self, labelled):
+        """Add a labelled structure (``LabelRecord.apply_to``'s output), rewrite the file;
+        returns it as the file holds it (extxyz precision), so a run that computes a
+        label and a rerun that reads it back go on with the same numbers."""
+        import io
+
+        import ase.io
+
+        buf = io.StringIO()
+        ase.io.write(buf, labelled, format="extxyz")
+        buf.seek(0)
+        labelled = ase.io.read(buf, format="extxyz")
         self.images.append(labelled)
         self.by_key[labelled.info.get("label_key")] = labelled
         self.n_new += 1
         atomic_write(self.path, self.images)
+        return labelled
 
     def label(self, labeller, atoms, workdir):
         """The cached label of ``atoms`` by ``labeller``, else computed (run directory
@@ -57,6 +68,4 @@ class LabelCache:
         result = labeller.label(atoms, os.path.join(str(workdir), f"{labeller.name}-{conv.structure_hash(atoms)}"))
         if isinstance(result, LabelFailure):
             return result
-        out = result.apply_to(atoms)
-        self.add(out)
-        return out
+        return self.add(result.apply_to(atoms))
