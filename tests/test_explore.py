@@ -339,9 +339,18 @@ def test_neb_finetune_workflow_labels_the_images_refits_and_runs_the_neb_again(g
     assert launchpad.get_fw_ids(count_only=True) == n
 
 
-def test_neb_finetune_parameters_are_checked():
+def test_neb_finetune_parameters_are_checked(launchpad, launchpad_file, capsys):
+    from moire_al.cli import main
     from moire_al.errors import SettingsError
+    from moire_al.workflows.builders import workflow_files_dir
     from moire_al.workflows.settings import NebFinetuneSettings
+
+    ready = str(workflow_files_dir() / "graphene_neb_finetune_cp2k.yaml")
+    assert main(["loop", ready, "-l", str(launchpad_file), "--set", "m=0"]) == 1
+    assert "'m'" in capsys.readouterr().err and launchpad.get_fw_ids(count_only=True) == 0
+    assert main(["loop", ready, "-l", str(launchpad_file)]) == 0
+    (fw_id,) = launchpad.get_fw_ids()
+    assert launchpad.get_fw_by_id(fw_id).spec["_tasks"][0]["params"]["labeller"] == "cp2k"
 
     with pytest.raises(SettingsError, match="'neb'"):
         NebFinetuneSettings.from_dict({"neb": {"images": 3}})
