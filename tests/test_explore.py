@@ -226,6 +226,10 @@ def test_finetune_workflow_labels_refits_and_stores_errors_an_independent_evalua
         assert table["E_meV_per_atom"] == pytest.approx(E, rel=1e-5, abs=1e-6)
     assert doc.task_after["all"]["F_eV_per_A"] < 0.8 * doc.task_before["all"]["F_eV_per_A"]
     assert doc.forgetting_F_ratio < 1.5
+    capsys.readouterr()
+    assert main(["status", "-l", str(launchpad_file)]) == 0
+    assert (f"task F RMSE {doc.task_before['all']['F_eV_per_A']:.4f} -> {doc.task_after['all']['F_eV_per_A']:.4f}"
+            in capsys.readouterr().out)
     # the refit equals the one `moire-al finetune` makes here and now
     rc = main(["finetune", str(tiny[1]), str(tmp_path / "task.xyz"), "--labeller", "reference", "--train",
                str(tiny[2]), "-o", str(tmp_path / "here")])

@@ -382,6 +382,11 @@ class Store:
         return None if d is None else FinetuneDoc.from_dict(d)
 
     @_retrying
+    def get_finetunes(self) -> list[FinetuneDoc]:
+        """Every fine-tuning job, oldest first."""
+        return [FinetuneDoc.from_dict(d) for d in self.db["finetunes"].find({}, {"_id": 0}).sort("created", 1)]
+
+    @_retrying
     def set_loop_state(self, loop_id: str, state: str, **extra) -> None:
         self.loops.update_one({"loop_id": loop_id}, {"$set": {"state": state, **_jsonable(extra)}})
 

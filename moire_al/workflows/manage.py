@@ -183,3 +183,20 @@ def write_report(store: Store, loop_id: str, outdir: str | Path) -> Path:
     if rounds:
         store.get_model_dir(rounds[-1].model_id, outdir)
     return outdir
+
+
+def finetune_line(doc) -> str:
+    """One line of a fine-tuning job for ``moire-al status``."""
+    def f(table):
+        return "-" if not table else f"{table['all']['F_eV_per_A']:.4f}"
+
+    line = (f"fine-tuning {doc.finetune_id}: base {doc.model_id}, task {len(doc.task or [])} structures "
+            f"({doc.n_task if doc.n_task is not None else '-'} labelled, {doc.n_failed or 0} failed; "
+            f"{doc.labels or doc.labeller or '-'}); task F RMSE {f(doc.task_before)} -> {f(doc.task_after)} eV/A")
+    if doc.new_model_id:
+        line += f", original-set F ratio {doc.forgetting_F_ratio:.3f}, model {doc.new_model_id}"
+    if doc.barrier_before is not None:
+        after = "-" if doc.barrier_after is None else f"{doc.barrier_after:.3f}"
+        labels = "-" if doc.barrier_labels is None else f"{doc.barrier_labels:.3f}"
+        line += f"; NEB barrier {doc.barrier_before:.3f} -> {after} eV (labels on the first path: {labels} eV)"
+    return line
