@@ -103,12 +103,12 @@ def finetune_job(store: Store, s: FinetuneSettings, finetune_id: str) -> Finetun
 
 # ------------------------------------------------------------------ the NEB example
 
-def _neb(s: NebFinetuneSettings, model, workdir, images_out=None) -> dict:
+def _neb(s: NebFinetuneSettings, model, name: str, workdir, images_out=None) -> dict:
     from moire_al.analysis.neb import vacancy_migration
     from moire_al.structures import twisted_bilayer
 
     pristine = twisted_bilayer(s.material, m=s.m, r=s.r)
-    return vacancy_migration(pristine, model.calculator(committee=False), calc_name="ACE", **s.neb,
+    return vacancy_migration(pristine, model.calculator(committee=False), calc_name=f"ACE {name}", **s.neb,
                              plot_path=str(Path(workdir) / "neb_vacancy.png"), images_out=images_out)
 
 
@@ -144,7 +144,7 @@ def neb_before(store: Store, s: NebFinetuneSettings, finetune_id: str, workdir) 
                                 labeller_settings=s.labeller_settings, finetune_id=finetune_id,
                                 name=s.name or f"NEB fine-tuning {finetune_id}")
     images: list = []
-    res = _neb(s, model, workdir, images)
+    res = _neb(s, model, model_id, workdir, images)
     hashes = store.put_structures(images)
     store.put_analysis({"analysis": "neb_vacancy", "model_id": model_id, "finetune_id": finetune_id,
                         "stage": "before", "material": s.material, "result": res, "error": None,
@@ -164,10 +164,12 @@ def neb_after(store: Store, s: NebFinetuneSettings, finetune_id: str, workdir) -
 
     doc = store.get_finetune(finetune_id)
     if doc is None or not doc.new_model_id:
-        raise LabelError(f"NEB fine-tuning {finetune_id}: no fine-tuned model stored")
+        from moire_al.errors import NotFoundError
+
+        raise NotFoundError(f"NEB fine-tuning {finetune_id}: no fine-tuned model stored")
     with tempfile.TemporaryDirectory() as tmp:
         model = ACEModel.load(store.get_model_dir(doc.new_model_id, tmp))
-    res = _neb(s, model, workdir)
+    res = _neb(s, model, doc.new_model_id, workdir)
     store.put_analysis({"analysis": "neb_vacancy", "model_id": doc.new_model_id, "finetune_id": finetune_id,
                         "stage": "after", "material": s.material, "result": res, "error": None,
                         "launch_dir": str(workdir), "created": utcnow()})
