@@ -86,7 +86,8 @@ def main(argv=None) -> int:
     h.add_argument("--halve-temperature", type=float, default=300.0)
     h.add_argument("--halve-seeds", type=int, default=1)
     h.add_argument("--halve-steps", type=int, default=300, help="max MD steps per exploration run")
-    h.add_argument("--tolerance", type=float, default=0.15, help="trigger: max relative force uncertainty")
+    h.add_argument("--tolerance", type=float, default=0.3,
+                   help="trigger: max relative force uncertainty (0.3; at 0.15 both modes fire within the ramp)")
     h.add_argument("--max-labels", type=int, default=10, help="per mode and seed")
     h.add_argument("--model", default="3:10:8", help="order:degree:committee of the fitted models ((2, 6) went "
                    "only from 0.244 to 0.16-0.17 eV/A in 10 reference labels: it cannot halve)")
