@@ -155,6 +155,10 @@ def traces(args) -> dict:
 
 
 DFT_FILE = "data/dft/graphene.extxyz"
+#: the start set (and, last, the MD start) of the recorded figures, picked by _start_set's rule
+#: from the file as it stood at 14:10 on 2026-12-01 (99 structures); kept fixed as the file grows
+START_HASHES = ("464ec81a4213300adda8f458", "77e8fc2ae09785d81f0414d1", "fdb18ab470b2445094b3d928",
+                "893d74084042a48c95b65f9b", "d985ca55f752170bb4966909", "ee949b8558e5cde1ce1d7d3d")
 
 
 class _Labels:
@@ -207,20 +211,24 @@ class _Labels:
         return out
 
 
-def _start_set(n_start):
-    """(start structures, the 36-atom MD start): <= 36-atom structures of the DFT file in
-    the fixed sha256 order, the first 36-atom bilayer among them."""
+def _start_set(n_start, pinned=START_HASHES):
+    """(start structures, the 36-atom MD start): ``pinned`` when the file holds them all and
+    ``n_start`` is their number; else <= 36-atom structures of the DFT file in the fixed
+    sha256 order, with the first 36-atom bilayer among them (the MD start)."""
     from moire_al.conventions import structure_hash
     from moire_al.structures import read_structures
     from moire_al.structures.pool import fixed_test_split
 
     images = [a for a in read_structures(DFT_FILE) if len(a) <= 36]
     by_hash = {structure_hash(a): a for a in images}
-    order = [by_hash[h] for h in fixed_test_split(list(by_hash), len(by_hash))]
-    md_start = next(a for a in order if len(a) == 36 and int(a.info.get("n_layers", 0)) == 2)
-    start = order[:n_start]
-    if all(structure_hash(a) != structure_hash(md_start) for a in start):
-        start = start[:-1] + [md_start]
+    if pinned and len(pinned) == n_start and all(h in by_hash for h in pinned):
+        start, md_start = [by_hash[h] for h in pinned], by_hash[pinned[-1]]
+    else:
+        order = [by_hash[h] for h in fixed_test_split(list(by_hash), len(by_hash))]
+        md_start = next(a for a in order if len(a) == 36 and int(a.info.get("n_layers", 0)) == 2)
+        start = order[:n_start]
+        if all(structure_hash(a) != structure_hash(md_start) for a in start):
+            start = start[:-1] + [md_start]
     clean = []
     for a in start:
         a = a.copy()
