@@ -183,3 +183,182 @@ def test_finetune_refuses_a_training_file_that_is_not_the_models(tiny, tmp_path,
     err = capsys.readouterr().err
     assert rc == 1 and err.count("\n") == 1 and "not the one the model was fitted to" in err
     assert not (tmp_path / "new").exists()
+
+
+# ------------------------------------------------------------------ fine-tuning as Fireworks
+def _run(lp, category=None):
+    from fireworks import FWorker
+    from fireworks.core.rocket_launcher import rapidfire
+
+    rapidfire(lp, FWorker(category=category) if category else FWorker(), nlaunches=0, sleep_time=0, max_loops=1)
+
+
+def test_finetune_workflow_labels_refits_and_stores_errors_an_independent_evaluation_finds(
+        tiny, gcalc, launchpad, launchpad_file, tmp_path, monkeypatch, capsys):
+    from moire_al.cli import main
+    from moire_al.store.mongo import Store
+    import synthetic as S
+    from moire_al.structures import write_structures
+
+    monkeypatch.chdir(tmp_path)
+    task = _strained_task()
+    write_structures(tmp_path / "task.xyz", task)
+    rc = main(["finetune", str(tiny[1]), str(tmp_path / "task.xyz"), "--labeller", "reference", "--train",
+               str(tiny[2]), "--workflow", "--id", "ft1", "-l", str(launchpad_file)])
+    assert rc == 0 and "added fine-tuning ft1: 4 task structures" in capsys.readouterr().out
+    assert launchpad.get_fw_ids(count_only=True) == 5           # 4 labels + the refit
+    _run(launchpad, "fit")                                       # the refit waits for its labels
+    assert launchpad.get_fw_ids({"state": "COMPLETED"}, count_only=True) == 0
+    _run(launchpad, "dft")
+    assert launchpad.get_fw_ids({"state": "COMPLETED"}, count_only=True) == 4
+    _run(launchpad, "fit")
+    assert launchpad.get_fw_ids({"state": "COMPLETED"}, count_only=True) == 5
+    store = Store.from_launchpad(launchpad)
+    doc = store.get_finetune("ft1")
+    assert doc.n_task == 4 and doc.n_failed == 0 and doc.n_train == 12 and doc.test_set == "train"
+    assert store.labels.count_documents({"loop_id": "ft1", "round": 0}) == 4   # task labels, once each
+    assert "not DFT" in doc.labels
+    labelled = S.label(task, gcalc)
+    for when, model_id in (("before", "ft1-base"), ("after", "ft1-model")):
+        F, E = _rmse_independent(store.get_model_dir(model_id, tmp_path / when), labelled)
+        table = getattr(doc, f"task_{when}")["all"]
+        assert table["F_eV_per_A"] == pytest.approx(F, rel=1e-6, abs=1e-9)
+        assert table["E_meV_per_atom"] == pytest.approx(E, rel=1e-5, abs=1e-6)
+    assert doc.task_after["all"]["F_eV_per_A"] < 0.8 * doc.task_before["all"]["F_eV_per_A"]
+    assert doc.forgetting_F_ratio < 1.5
+    capsys.readouterr()
+    assert main(["status", "-l", str(launchpad_file)]) == 0
+    assert (f"task F RMSE {doc.task_before['all']['F_eV_per_A']:.4f} -> {doc.task_after['all']['F_eV_per_A']:.4f}"
+            in capsys.readouterr().out)
+    # the refit equals the one `moire-al finetune` makes here and now
+    rc = main(["finetune", str(tiny[1]), str(tmp_path / "task.xyz"), "--labeller", "reference", "--train",
+               str(tiny[2]), "-o", str(tmp_path / "here")])
+    assert rc == 0
+    import json
+
+    here = json.loads((tmp_path / "here" / "finetune.json").read_text())
+    assert here["task_after"]["all"]["F_eV_per_A"] == pytest.approx(doc.task_after["all"]["F_eV_per_A"], rel=1e-9)
+
+
+def test_finetune_workflow_records_a_failed_label_and_resume_refits_with_it(tiny, launchpad, launchpad_file,
+                                                                            tmp_path, monkeypatch, capsys):
+    from moire_al.cli import main
+    from moire_al.conventions import structure_hash
+    from moire_al.store.mongo import Store
+    from moire_al.structures import write_structures
+    from moire_al.workflows.manage import resume
+
+    monkeypatch.chdir(tmp_path)
+    task = _strained_task()
+    write_structures(tmp_path / "task.xyz", task)
+    victim = structure_hash(task[1])
+    monkeypatch.setenv("MOIRE_AL_TEST_FAIL_ON", victim)
+    rc = main(["finetune", str(tiny[1]), str(tmp_path / "task.xyz"), "--labeller", "faulty-reference",
+               "--train", str(tiny[2]), "--workflow", "--id", "ft2", "-l", str(launchpad_file)])
+    assert rc == 0, capsys.readouterr().err
+    _run(launchpad)
+    store = Store.from_launchpad(launchpad)
+    fizzled = launchpad.get_fw_ids({"state": "FIZZLED"})
+    assert len(fizzled) == 1 and launchpad.get_fw_by_id(fizzled[0]).spec["_tasks"][0]["hashes"] == [victim]
+    doc = store.get_finetune("ft2")
+    assert doc.n_task == 3 and doc.n_failed == 1 and doc.failed_keys[0].startswith(victim)
+    failure = store.failures.find_one({"structure_hash": victim})
+    assert failure["loop_id"] == "ft2" and failure["resolved"] is False and failure["error_type"] == "InjectedFault"
+    monkeypatch.delenv("MOIRE_AL_TEST_FAIL_ON")
+    out = resume(launchpad, "ft2")
+    assert out["rerun"] == fizzled and out["detached"] == []
+    _run(launchpad)
+    assert launchpad.get_fw_ids({"state": "FIZZLED"}) == []
+    doc = store.get_finetune("ft2")
+    assert doc.n_task == 4 and doc.n_failed == 0        # the refit reran with the recovered label
+    assert store.labels.count_documents({"loop_id": "ft2"}) == 4 + 12   # task + replayed training labels
+    assert store.failures.find_one({"structure_hash": victim})["resolved"] is True
+
+
+def test_finetune_workflow_input_errors_are_one_line_and_store_nothing(tiny, launchpad, launchpad_file, tmp_path,
+                                                                      capsys):
+    from moire_al.cli import main
+    from moire_al.structures import write_structures
+
+    write_structures(tmp_path / "task.xyz", _strained_task()[:1])
+    base = ["finetune", str(tiny[1]), str(tmp_path / "task.xyz"), "--train", str(tiny[2]), "-l", str(launchpad_file)]
+    for extra, msg in ((["--labeller", "nope", "--workflow"], "labeller"),
+                       (["--labeller", "reference", "--workflow", "-o", str(tmp_path / "x")], "drop -o"),
+                       (["--labeller", "reference"], "-o NEW_MODEL is required")):
+        rc = main(base + extra)
+        err = capsys.readouterr().err
+        assert rc == 1 and err.count("\n") == 1 and msg in err, err
+    assert launchpad.get_fw_ids(count_only=True) == 0
+    assert launchpad.db["finetunes"].count_documents({}) == 0 and launchpad.db["models"].count_documents({}) == 0
+
+
+def test_neb_finetune_workflow_labels_the_images_refits_and_runs_the_neb_again(gcalc, launchpad, tmp_path,
+                                                                               monkeypatch):
+    """Seed 003's example on a 27-atom vacancy cell (21.8° bilayer) with the reference
+    potential (not DFT) as the labeller and a base model fitted on its labels of a few
+    rattled bilayers and vacancy cells, replayed from a file."""
+    import ase.io
+
+    from moire_al.analysis.neb import vacancy_endpoints
+    from moire_al.store.mongo import Store
+    from moire_al.structures import twisted_bilayer
+    from moire_al.workflows.builders import neb_finetune_workflow
+    from moire_al.workflows.settings import NebFinetuneSettings
+    import synthetic as S
+
+    monkeypatch.chdir(tmp_path)
+    vac = []
+    for k in range(6):
+        a = vacancy_endpoints(twisted_bilayer("graphene", m=1))[k % 2]
+        a.positions += np.random.default_rng(k).normal(0, 0.05, a.positions.shape)
+        vac.append(a)
+    train = S.label(S.random_set("graphene", 8, seed=3, n=3, layers=(2,), rattle=(0.0, 0.05)) + vac, gcalc)
+    ase.io.write(tmp_path / "train.xyz", train, format="extxyz")
+    s = NebFinetuneSettings(m=1, labeller="reference", train_file=str(tmp_path / "train.xyz"),
+                            model={"order": 2, "totaldegree": 6, "committee_size": 8},
+                            neb={"n_images": 1, "fmax": 0.1, "steps": 20, "relax_fmax": 0.1}, finetune_id="nf")
+    launchpad.add_wf(neb_finetune_workflow(s))
+    _run(launchpad)
+    assert launchpad.get_fw_ids({"state": "COMPLETED"}, count_only=True) == 1 + 3 + 1 + 1   # NEB, 3 labels, refit, NEB
+    store = Store.from_launchpad(launchpad)
+    doc = store.get_finetune("nf")
+    assert doc.model_id == "nf-base" and doc.new_model_id == "nf-model" and doc.n_task == 3 and doc.n_failed == 0
+    assert doc.n_train == len(train)
+    images = store.get_structures(doc.task)
+    assert [im.info["neb_image"] for im in images] == [0, 1, 2] and all(len(im) == 27 for im in images)
+    e = []
+    for im in images:                               # the labels' own barrier, computed independently
+        im.calc = gcalc
+        e.append(im.get_potential_energy())
+    assert doc.barrier_labels == pytest.approx(max(e) - e[0], abs=1e-6)
+    assert doc.barrier_before == pytest.approx(doc.neb_before["barrier"]) and np.isfinite(doc.barrier_after)
+    assert doc.task_after["all"]["F_eV_per_A"] < 0.8 * doc.task_before["all"]["F_eV_per_A"]
+    stages = {d["stage"]: d["model_id"] for d in store.get_analyses(analysis="neb_vacancy", finetune_id="nf")}
+    assert stages == {"before": "nf-base", "after": "nf-model"}
+    # a rerun of the first step adds no second branch
+    first = launchpad.get_fw_ids({"spec._moire.stage": "before"})
+    launchpad.rerun_fw(first[0])
+    n = launchpad.get_fw_ids(count_only=True)
+    _run(launchpad)
+    assert launchpad.get_fw_ids(count_only=True) == n
+
+
+def test_neb_finetune_parameters_are_checked(launchpad, launchpad_file, capsys):
+    from moire_al.cli import main
+    from moire_al.errors import SettingsError
+    from moire_al.workflows.builders import workflow_files_dir
+    from moire_al.workflows.settings import NebFinetuneSettings
+
+    ready = str(workflow_files_dir() / "graphene_neb_finetune_cp2k.yaml")
+    assert main(["loop", ready, "-l", str(launchpad_file), "--set", "m=0"]) == 1
+    assert "'m'" in capsys.readouterr().err and launchpad.get_fw_ids(count_only=True) == 0
+    assert main(["loop", ready, "-l", str(launchpad_file)]) == 0
+    (fw_id,) = launchpad.get_fw_ids()
+    assert launchpad.get_fw_by_id(fw_id).spec["_tasks"][0]["params"]["labeller"] == "cp2k"
+
+    with pytest.raises(SettingsError, match="'neb'"):
+        NebFinetuneSettings.from_dict({"neb": {"images": 3}})
+    with pytest.raises(SettingsError, match="unknown NEB fine-tuning parameter"):
+        NebFinetuneSettings.from_dict({"cell": 2})
+    with pytest.raises(SettingsError, match="'m'"):
+        NebFinetuneSettings.from_dict({"m": 0})

@@ -200,3 +200,30 @@ def test_reference_potential_reuses_lammps_between_calls_exactly():
     fresh.calc = reference_calculator("graphene")
     assert np.abs(fresh.get_forces() - tb.get_forces()).max() < 1e-9
     assert "virials" in calc.results
+
+
+def test_label_cache_computes_once_and_hands_back_what_the_file_holds(tmp_path):
+    from moire_al.labelling.cache import LabelCache
+
+    class Counting:
+        def __init__(self):
+            self.inner, self.calls = get_labeller("reference"), 0
+            self.name, self.settings = self.inner.name, self.inner.settings
+
+        def label(self, atoms, workdir=None):
+            self.calls += 1
+            return self.inner.label(atoms, workdir)
+
+    lab = Counting()
+    ims = [samples.stacked("graphene", "AB"), samples.stacked("graphene", "AA")]
+    ims[0].positions[0, 0] += 1.234567890123e-3          # more digits than extxyz keeps
+    path = tmp_path / "cache.xyz"
+    first = [LabelCache(path).label(lab, a, tmp_path) for a in ims]
+    assert lab.calls == 2
+    again = LabelCache(path)
+    second = [again.label(lab, a, tmp_path) for a in ims]
+    assert lab.calls == 2 and again.n_new == 0                  # nothing computed twice
+    for a, b in zip(first, second):                             # a run and its rerun see the same numbers
+        assert np.array_equal(a.positions, b.positions)
+        assert np.array_equal(a.arrays[conv.REF_FORCES], b.arrays[conv.REF_FORCES])
+        assert a.info[conv.REF_ENERGY] == b.info[conv.REF_ENERGY]

@@ -149,9 +149,10 @@ class ExploreRun:
     max_rel_force_unc_trace: list = field(default_factory=list)
     tau_trace: list = field(default_factory=list)
     structure: object = None
+    final: object = None              # the last configuration of the run (ase.Atoms), a find or not
 
     def as_dict(self) -> dict:
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "structure"}
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("structure", "final")}
         return d
 
 
@@ -173,6 +174,18 @@ class _Recorder:
             return (f"tolerance: max relative force uncertainty {r['max_rel_force_unc']:.3f} above "
                     f"{self.tolerance:g} at step {step}")
         return None
+
+
+def _unlabelled(atoms):
+    """A copy of an MD configuration without momenta, calculator or the start's labels."""
+    out = atoms.copy()
+    out.calc = None
+    out.set_momenta(None)
+    out.wrap()
+    for k in [k for k in out.info if k.startswith("REF_")] + ["label_key"]:
+        out.info.pop(k, None)
+    out.arrays.pop("REF_forces", None)
+    return out
 
 
 def explore_one(model, atoms, temperature_K: float, settings: ExploreSettings | None = None,
@@ -200,18 +213,14 @@ def explore_one(model, atoms, temperature_K: float, settings: ExploreSettings | 
                      max_rel_force_unc=None, max_force_std=None, energy_std=None,
                      energy_std_trace=rec.sig_e, max_force_std_trace=rec.sig_f,
                      max_rel_force_unc_trace=rec.rel, tau_trace=rec.tau)
+    out.final = _unlabelled(run.final)
     if triggered:
-        find = run.final.copy()
-        find.set_momenta(None)
-        find.wrap()
-        for k in ("REF_energy", "label_key"):
-            find.info.pop(k, None)
+        find = _unlabelled(run.final)
         out.max_rel_force_unc, out.max_force_std, out.energy_std = rec.rel[-1], rec.sig_f[-1], rec.sig_e[-1]
         find.info.update(explore_max_rel_force_unc=out.max_rel_force_unc, explore_max_force_std=out.max_force_std,
                          explore_energy_std=out.energy_std, explore_step=int(v.step),
                          explore_temperature_K=float(temperature_K), explore_tau=rec.tau[-1],
                          explore_seed=seed, explore_source=source, generator="explore")
-        find.arrays.pop("REF_forces", None)
         out.structure = find
     return out
 

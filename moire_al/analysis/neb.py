@@ -50,7 +50,7 @@ def vacancy_endpoints(atoms, layer: int | None = None, site: int | None = None,
 def vacancy_migration(atoms, calc, calc_name: str | None = None, layer: int | None = None,
                       site: int | None = None, hop: int | None = None, n_images: int = 5,
                       climb: bool = True, fmax: float = 0.05, steps: int = 500,
-                      relax_fmax: float = 1e-3, plot_path: str | None = None) -> dict:
+                      relax_fmax: float = 1e-3, plot_path: str | None = None, images_out: list | None = None) -> dict:
     """NEB of a vacancy hop in ``atoms`` (pristine, e.g. a relaxed twisted bilayer).
 
     Result keys: ``analysis``, ``calc_name``, ``n_atoms`` (with vacancy), ``layer``,
@@ -59,6 +59,8 @@ def vacancy_migration(atoms, calc, calc_name: str | None = None, layer: int | No
     relative to the initial state), ``path_coordinate`` (Å, cumulative image
     distance), ``barrier`` (forward, eV), ``barrier_reverse`` (eV),
     ``delta_e`` (final − initial, eV), ``endpoints_converged`` (list), ``plots``.
+    ``images_out``: a list that receives copies of the final images (end points
+    included, no calculator; ``info["neb_image"]`` their index), e.g. to label them.
     """
     from ase.mep import NEB
     from ase.optimize import FIRE
@@ -92,6 +94,12 @@ def vacancy_migration(atoms, calc, calc_name: str | None = None, layer: int | No
         frac[:, :2] -= np.round(frac[:, :2])
         coord.append(coord[-1] + float(np.linalg.norm(frac @ cell)))
     rel = energies - energies[0]
+    if images_out is not None:
+        for k, im in enumerate(images):
+            c = im.copy()
+            c.calc = None
+            c.info.update(neb_image=k, generator="neb_vacancy_image")
+            images_out.append(c)
     result = {
         "analysis": "neb_vacancy",
         "calc_name": calc_label(calc, calc_name),

@@ -67,14 +67,6 @@ def _read_input(path):
     return read_structures(path)
 
 
-def _atomic_write(path, images):
-    import ase.io
-
-    tmp = f"{path}.tmp.{os.getpid()}"
-    ase.io.write(tmp, images, format="extxyz")
-    os.replace(tmp, path)
-
-
 def _atomic_json(path, data):
     tmp = f"{path}.tmp.{os.getpid()}"
     with open(tmp, "w") as fh:
@@ -83,39 +75,27 @@ def _atomic_json(path, data):
 
 
 def handler(args) -> int:
-    import ase.io
     from tqdm import tqdm
 
-    from moire_al import conventions as conv
     from moire_al.labelling import get_labeller
-    from moire_al.labelling.base import LabelFailure, key_of, structure_name
+    from moire_al.labelling.base import LabelFailure, structure_name
+    from moire_al.labelling.cache import LabelCache
 
     labeller = get_labeller(args.labeller, _read_settings(args.settings))
     images = _read_input(args.input)
     workdir = args.workdir or f"{args.output}.runs"
     fail_path = f"{args.output}.failures.json"
 
-    done = []
-    if os.path.exists(args.output) and os.path.getsize(args.output) > 0:
-        done = ase.io.read(args.output, ":", format="extxyz")
-    done_keys = {at.info.get("label_key") for at in done}
+    cache = LabelCache(args.output)
     failures = {}
-    n_new = n_fail = 0
+    n_fail = 0
     for atoms in tqdm(images, desc=f"label ({labeller.name})", unit="structure"):
-        key = key_of(labeller, atoms)
-        if key in done_keys:
-            continue
-        run_dir = os.path.join(workdir, f"{labeller.name}-{conv.structure_hash(atoms)}")
-        result = labeller.label(atoms, run_dir)
+        result = cache.label(labeller, atoms, workdir)
         if isinstance(result, LabelFailure):
-            failures[key] = result.as_dict() | {"structure": structure_name(atoms)}
+            failures[result.key] = result.as_dict() | {"structure": structure_name(atoms)}
             n_fail += 1
             _atomic_json(fail_path, list(failures.values()))
-            continue
-        done.append(result.apply_to(atoms))
-        done_keys.add(key)
-        n_new += 1
-        _atomic_write(args.output, done)
+    n_new, done = cache.n_new, cache.images
     if failures:
         _atomic_json(fail_path, list(failures.values()))
     elif os.path.exists(fail_path):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from moire_al.errors import MoireALError
+
 
 def _weights(text: str) -> dict:
     out = {}
@@ -80,15 +82,23 @@ def register(subparsers) -> None:
                                           "after, and write NEW_MODEL.")
     f.add_argument("model", help="model directory (moire-al fit -o)")
     f.add_argument("task", help="task structures (extxyz or any ASE-readable file)")
-    f.add_argument("--labeller", default="cp2k", choices=["reference", "cp2k", "gpaw", "dataset"],
-                   help="reference = the classical potential (a fast baseline, not DFT); dataset: replay "
-                        "labels from a labelled file (--settings {\"path\": ...}; default: TASK itself)")
+    f.add_argument("--labeller", default="cp2k",
+                   help="cp2k (default), gpaw, reference = the classical potential (a fast baseline, not "
+                        "DFT), dataset: replay labels from a labelled file (--settings {\"path\": ...}; "
+                        "default: TASK itself)")
     f.add_argument("--settings", help="JSON (or YAML) file with labeller settings")
     f.add_argument("--train", required=True,
                    help="the model's labelled training structures (a saved model keeps only their hash)")
     f.add_argument("--test", help="labelled original test structures (default: the training set stands in)")
     f.add_argument("--workdir", default=None, help="labelling run directories (default: NEW_MODEL.runs/)")
-    f.add_argument("-o", "--output", required=True, help="new model directory")
+    f.add_argument("-o", "--output", help="new model directory (not with --workflow)")
+    f.add_argument("--workflow", action="store_true",
+                   help="instead of running here: store MODEL, the training labels and TASK in the job "
+                        "database and add the fine-tuning as Fireworks (labels: category dft, refit: fit); "
+                        "the new model lands in the store, the errors in the 'finetunes' collection")
+    f.add_argument("--id", default=None, help="with --workflow: the fine-tuning id (default: finetune-<random>)")
+    f.add_argument("-l", "--launchpad", default=None,
+                   help="with --workflow: launchpad.yaml (default: the local job database)")
     f.set_defaults(func=finetune_command)
 
 
@@ -218,11 +228,16 @@ def finetune_command(args) -> int:
     import json
     from pathlib import Path
 
-    from moire_al.errors import MoireALError
     from moire_al.labelling import get_labeller
     from moire_al.labelling.cli import _read_settings
     from moire_al.models.finetune import check_training_set, finetune, label_all
 
+    if args.workflow:
+        if args.output:
+            raise MoireALError("finetune --workflow stores the new model in the job database: drop -o")
+        return finetune_submit(args)
+    if not args.output:
+        raise MoireALError("finetune: -o NEW_MODEL is required (or --workflow to add it as Fireworks)")
     if Path(args.output).resolve() == Path(args.model).resolve():
         raise MoireALError("finetune: -o must be a new directory (the original model is kept)")
     task = _read(args.task)
@@ -247,4 +262,48 @@ def finetune_command(args) -> int:
     print(report.text())
     print(f"model: {out} ({report.n_train} + {report.n_task} structures, labeller {labeller.name}"
           f"{', the classical reference potential (not DFT)' if labeller.name == 'reference' else ''})")
+    return 0
+
+
+def finetune_submit(args) -> int:
+    """``moire-al finetune --workflow``: store the model, its training (and test) labels
+    and the task, then add the fine-tuning Fireworks."""
+    import os
+    import uuid
+
+    from moire_al.config import INTERACTIVE_DB_WAIT_S, ensure_initialized, get_launchpad
+    from moire_al.labelling.cli import _read_settings
+    from moire_al.models.finetune import check_training_set
+    from moire_al.store.documents import FinetuneDoc
+    from moire_al.store.mongo import Store, utcnow
+    from moire_al.workflows.builders import finetune_workflow
+    from moire_al.workflows.finetuning import store_labelled_file
+    from moire_al.workflows.settings import FinetuneSettings
+
+    task = _read(args.task)
+    train = _read(args.train)
+    if args.test:
+        _read(args.test)
+    settings = _read_settings(args.settings) or {}
+    if args.labeller == "dataset" and not settings:
+        settings = {"path": os.path.abspath(args.task)}
+    fid = args.id or f"finetune-{uuid.uuid4().hex[:8]}"
+    ft = FinetuneSettings(model_id=f"{fid}-base", labeller=args.labeller, labeller_settings=settings,
+                          finetune_id=fid)   # checks the labeller and its settings before anything is stored
+    check_training_set(_load_model(args.model), train)
+    lp = get_launchpad(args.launchpad, wait_s=INTERACTIVE_DB_WAIT_S)
+    ensure_initialized(lp)
+    store = Store.from_launchpad(lp)
+    if store.get_finetune(fid) is not None:
+        raise MoireALError(f"finetune --workflow: a fine-tuning {fid!r} is already in the job database")
+    store.put_model(args.model, model_id=ft.model_id, finetune_id=fid, n_train=len(train))
+    ft.train = store_labelled_file(store, os.path.abspath(args.train), fid)
+    ft.test = store_labelled_file(store, os.path.abspath(args.test), fid) if args.test else []
+    ft.task = list(dict.fromkeys(store.put_structures(task)))
+    store.put_finetune(FinetuneDoc(finetune_id=fid, model_id=ft.model_id, labeller=ft.labeller, task=ft.task,
+                                   created=utcnow()))
+    ids = lp.add_wf(finetune_workflow(ft))
+    print(f"added fine-tuning {fid}: {len(ft.task)} task structures to label ({args.labeller}), refit on "
+          f"{len(ft.train)} + task (fw ids {sorted(ids.values())}); run `rlaunch -l launchpad.yaml -w "
+          f"fworkers/all.yaml rapidfire`; results: the 'finetunes' collection, model {fid}-model")
     return 0

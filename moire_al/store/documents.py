@@ -92,3 +92,37 @@ class LoopDoc(_Doc):
     final_round: int | None = None
     extra: dict = field(default_factory=dict)   # other fields (shown by the dashboard)
 
+
+
+@dataclass
+class FinetuneDoc(_Doc):
+    """A fine-tuning job run as Fireworks (``moire_al.workflows.finetuning``): the base
+    model refitted with its own hyperparameters on its training labels + the labelled
+    task structures, and the errors before and after (``rmse_table`` dicts: energies
+    meV/atom, forces eV/Å). The NEB workflow adds the barrier before and after."""
+
+    finetune_id: str
+    model_id: str | None = None                 # the base model (store id)
+    new_model_id: str | None = None             # the refitted model (store id)
+    labeller: str | None = None                 # of the task labels
+    labels: str | None = None                   # what the task labels are, in words (never "DFT" for a replay)
+    task: list | None = None                    # structure hashes of the task
+    n_task: int | None = None                   # task structures labelled and fitted
+    n_failed: int | None = None                 # task structures without a label (failed)
+    failed_keys: list | None = None             # their label keys
+    n_train: int | None = None                  # the base model's training structures
+    test_set: str | None = None                 # "test" (held-out labels) or "train" (stands in)
+    task_before: dict | None = None
+    task_after: dict | None = None
+    test_before: dict | None = None
+    test_after: dict | None = None
+    forgetting_F_ratio: float | None = None     # original-set force RMSE after / before
+    neb_before: dict | None = None              # NEB workflow: vacancy_migration result, base model
+    neb_after: dict | None = None               # ... with the new model
+    barrier_before: float | None = None         # eV
+    barrier_after: float | None = None          # eV
+    barrier_labels: float | None = None         # eV: max label energy − image 0's, on the before path
+    created: _dt.datetime | None = None
+    finished: _dt.datetime | None = None
+    wall_time: float | None = None              # s, of the refit step
+    extra: dict = field(default_factory=dict)

@@ -24,7 +24,7 @@ import numpy as np
 from ase import Atoms
 
 from moire_al.conventions import structure_hash
-from moire_al.store.documents import LoopDoc, RoundDoc
+from moire_al.store.documents import FinetuneDoc, LoopDoc, RoundDoc
 from moire_al.errors import DatabaseError, LabelError, NotFoundError
 from moire_al.conventions import plain as _jsonable
 
@@ -161,6 +161,7 @@ class Store:
         self.rounds.create_index([("loop_id", 1), ("round", 1)], unique=True)
         self.loops.create_index("loop_id", unique=True)
         self.models.create_index("model_id", unique=True)
+        self.db["finetunes"].create_index("finetune_id", unique=True)
 
     # ------------------------------------------------------------ structures
 
@@ -301,6 +302,10 @@ class Store:
         return model_id
 
     @_retrying
+    def has_model(self, model_id: str) -> bool:
+        return self.models.count_documents({"model_id": model_id}, limit=1) > 0
+
+    @_retrying
     def get_model_dir(self, model_id: str, dest: str | Path | None = None) -> Path:
         """Unpack a stored model into ``dest`` (a temp dir by default); returns the model dir."""
         import gridfs
@@ -364,6 +369,22 @@ class Store:
     def get_analyses(self, **query) -> list[dict]:
         """Analysis results matching ``query`` (e.g. ``analysis="md", series=...``)."""
         return list(self.db["analyses"].find(query, {"_id": 0}))
+
+    @_retrying
+    def put_finetune(self, doc: FinetuneDoc) -> None:
+        """Write (or update: the fields not None) a fine-tuning job's document."""
+        d = {k: v for k, v in doc.as_dict().items() if v is not None}
+        self.db["finetunes"].update_one({"finetune_id": doc.finetune_id}, {"$set": _jsonable(d)}, upsert=True)
+
+    @_retrying
+    def get_finetune(self, finetune_id: str) -> FinetuneDoc | None:
+        d = self.db["finetunes"].find_one({"finetune_id": finetune_id}, {"_id": 0})
+        return None if d is None else FinetuneDoc.from_dict(d)
+
+    @_retrying
+    def get_finetunes(self) -> list[FinetuneDoc]:
+        """Every fine-tuning job, oldest first."""
+        return [FinetuneDoc.from_dict(d) for d in self.db["finetunes"].find({}, {"_id": 0}).sort("created", 1)]
 
     @_retrying
     def set_loop_state(self, loop_id: str, state: str, **extra) -> None:

@@ -23,13 +23,13 @@ from pathlib import Path
 import yaml
 from fireworks import Firework, Workflow
 
-from moire_al.workflows.settings import LoopSettings
+from moire_al.workflows.settings import FinetuneSettings, LoopSettings, NebFinetuneSettings
 from moire_al.workflows.tasks import ExploreTask, FitRoundTask, InitLoopTask, LabelTask
 
 SPEC_KEY = "_moire"
-STEPS = ("init", "label", "explore", "fit", "fit_shard", "fit_reduce", "analysis", "md")
+STEPS = ("init", "label", "explore", "fit", "fit_shard", "fit_reduce", "analysis", "md", "finetune", "finetune_neb")
 CATEGORY = {"init": "fit", "label": "dft", "explore": "fit", "fit": "fit", "fit_shard": "fit", "fit_reduce": "fit",
-            "analysis": "analysis", "md": "analysis"}
+            "analysis": "analysis", "md": "analysis", "finetune": "fit", "finetune_neb": "fit"}
 
 
 def fw_spec(step: str, allow_fizzled_parents: bool = False, **tags) -> dict:
@@ -72,6 +72,20 @@ def refit_workflow(settings: LoopSettings, loop_id: str, round_: int) -> Workflo
     return Workflow([fit_firework(settings, loop_id, round_, name=f"fit+score r{round_} (after resume)")])
 
 
+def label_fireworks(settings, loop_id: str, round_: int, hashes: list[str], **tags) -> list:
+    """One labelling Firework per ``settings.chunk_size`` structures (``settings``: any
+    settings with ``labeller``, ``labeller_settings``, ``chunk_size``)."""
+    labels = []
+    for i in range(0, len(hashes), settings.chunk_size):
+        chunk = hashes[i:i + settings.chunk_size]
+        labels.append(Firework(
+            [LabelTask(loop_id=loop_id, round=round_, hashes=chunk, labeller=settings.labeller,
+                       labeller_settings=settings.labeller_settings)],
+            name=f"label r{round_} {chunk[0][:8]}" + (f" +{len(chunk) - 1}" if len(chunk) > 1 else ""),
+            spec=fw_spec("label", loop_id=loop_id, round=round_, **tags)))
+    return labels
+
+
 def round_branch(settings: LoopSettings, loop_id: str, round_: int, hashes: list[str]) -> Workflow:
     """Label ``hashes`` (one Firework per chunk), then fit round ``round_``.
 
@@ -80,14 +94,7 @@ def round_branch(settings: LoopSettings, loop_id: str, round_: int, hashes: list
     >= 1 also has an ``explore`` Firework (category ``fit``, beside the labels, a parent
     of the fit): biased MD with the previous round's model, whose finds the fit scores.
     """
-    labels = []
-    for i in range(0, len(hashes), settings.chunk_size):
-        chunk = hashes[i:i + settings.chunk_size]
-        labels.append(Firework(
-            [LabelTask(loop_id=loop_id, round=round_, hashes=chunk, labeller=settings.labeller,
-                       labeller_settings=settings.labeller_settings)],
-            name=f"label r{round_} {chunk[0][:8]}" + (f" +{len(chunk) - 1}" if len(chunk) > 1 else ""),
-            spec=fw_spec("label", loop_id=loop_id, round=round_)))
+    labels = label_fireworks(settings, loop_id, round_, hashes)
     parents = list(labels)
     if settings.explore and round_ >= 1:
         parents.append(Firework([ExploreTask(loop_id=loop_id, round=round_, params=settings.as_dict())],
@@ -174,6 +181,46 @@ def sharded_fit_workflow(store, fit_id: str, hashes: list[str], keys: list[str],
     return Workflow(fws + [reduce], name=f"sharded fit {fit_id}")
 
 
+def finetune_branch(settings: FinetuneSettings, finetune_id: str, neb: NebFinetuneSettings | None = None) -> Workflow:
+    """Label ``settings.task`` (the normal labelling Fireworks, tagged ``finetune_id``), then
+    refit (category ``fit``, once every label is COMPLETED or FIZZLED); with ``neb``, the
+    NEB with the fine-tuned model after the refit."""
+    from moire_al.workflows.finetuning import FinetuneTask, NebFinetuneTask
+
+    labels = label_fireworks(settings, finetune_id, 0, settings.task, finetune_id=finetune_id)
+    fit = Firework([FinetuneTask(params=settings.as_dict(), finetune_id=finetune_id)],
+                   name=f"finetune {finetune_id}", parents=labels or None,
+                   spec=fw_spec("finetune", allow_fizzled_parents=True, finetune_id=finetune_id))
+    fws = labels + [fit]
+    if neb is not None:
+        fws.append(Firework([NebFinetuneTask(params=neb.as_dict(), stage="after", finetune_id=finetune_id)],
+                            name=f"NEB after fine-tuning {finetune_id}", parents=[fit],
+                            spec=fw_spec("finetune_neb", finetune_id=finetune_id, stage="after")))
+    return Workflow(fws, name=settings.name or f"fine-tuning {finetune_id}",
+                    metadata={"moire_al": "finetune", "finetune_id": finetune_id})
+
+
+def finetune_workflow(settings: FinetuneSettings) -> Workflow:
+    """The fine-tuning ``moire-al finetune --workflow`` adds (its ``finetune_id`` set)."""
+    from moire_al.errors import SettingsError
+
+    if not settings.finetune_id or not settings.model_id or not settings.task or not settings.train:
+        raise SettingsError("a fine-tuning workflow needs finetune_id, model_id, task and train")
+    return finetune_branch(settings, settings.finetune_id)
+
+
+def neb_finetune_workflow(settings: NebFinetuneSettings) -> Workflow:
+    """Seed 003's example: base model → vacancy NEB → label the images → refit → NEB
+    again. One Firework; it adds the rest (:func:`finetune_branch`) when it has the images."""
+    from moire_al.workflows.finetuning import NebFinetuneTask
+
+    fw = Firework([NebFinetuneTask(params=settings.as_dict(), stage="before")],
+                  name="base model + NEB before fine-tuning", fw_id=-1,
+                  spec=fw_spec("finetune_neb", stage="before"))
+    return Workflow([fw], name=settings.name or f"NEB fine-tuning {settings.material} ({settings.labeller})",
+                    metadata={"moire_al": "neb_finetune", "material": settings.material})
+
+
 # Ready workflow files in workflows/: name -> settings.
 READY_LOOPS = {
     "graphene_hyperactive": LoopSettings(material="graphene", name="hyperactive graphene (reference potential)"),
@@ -193,6 +240,15 @@ READY_LOOPS = {
 }
 
 
+# Ready fine-tuning workflows: seed 003's vacancy NEB example. The base model is fitted on
+# the committed CP2K labels (replayed); the images are labelled by CP2K live (75 atoms each).
+READY_NEB_FINETUNES = {
+    "graphene_neb_finetune_cp2k": NebFinetuneSettings(
+        material="graphene", m=2, r=1, labeller="cp2k", train_file="data/dft/graphene.extxyz",
+        name="NEB fine-tuning graphene: vacancy in a 13.2 deg twisted bilayer, 75 atoms (CP2K PBE+D3(BJ))"),
+}
+
+
 # Ready analysis suites: name -> (material, model id, quick). "reference" runs the
 # reference potential; put a model id from `moire-al status` to analyse a model.
 READY_ANALYSES = {
@@ -205,6 +261,7 @@ def ready_workflows() -> dict:
     """Every ready workflow file's stem -> the workflow the builders make."""
     out = {stem: hyperactive_loop(s) for stem, s in READY_LOOPS.items()}
     out.update({stem: analysis_workflow(m, model_id=mid, quick=q) for stem, (m, mid, q) in READY_ANALYSES.items()})
+    out.update({stem: neb_finetune_workflow(s) for stem, s in READY_NEB_FINETUNES.items()})
     return out
 
 
@@ -231,6 +288,8 @@ def write_workflow_files(directory: str | Path | None = None) -> list[Path]:
     for stem, wf in ready_workflows().items():
         path = directory / f"{stem}.yaml"
         what = ("Parameters: see moire_al/workflows/settings.py (LoopSettings)." if stem in READY_LOOPS else
+                "Parameters: see moire_al/workflows/settings.py (NebFinetuneSettings)."
+                if stem in READY_NEB_FINETUNES else
                 "model_id: 'reference' = the reference potential; put a model id (moire-al status) to analyse it.")
         header = (f"# {wf.name}\n# Add it with:  lpad -l launchpad.yaml add workflows/{path.name}\n"
                   "# then run workers:  rlaunch -l launchpad.yaml -w fworkers/all.yaml rapidfire\n"

@@ -109,10 +109,13 @@ def _cmd_loop_add(args) -> int:
 
     if args.workflow:
         wf = _read_workflow(args.workflow)
+        from moire_al.workflows.settings import NebFinetuneSettings
+
         for fw in wf.fws:  # validate before adding: a typo fails here, not on a worker
             for t in fw.tasks:
                 if "params" in t:
-                    LoopSettings.from_dict({**t["params"], **_parse_sets(args.set)})
+                    kind = NebFinetuneSettings if type(t).__name__ == "NebFinetuneTask" else LoopSettings
+                    kind.from_dict({**t["params"], **_parse_sets(args.set)})
     else:
         settings = LoopSettings.from_dict({"material": args.material, "labeller": args.labeller,
                                            **_parse_sets(args.set)})
@@ -131,7 +134,7 @@ def _cmd_status(args) -> int:
     from moire_al.config import INTERACTIVE_DB_WAIT_S, get_launchpad
     from moire_al.store.mongo import Store
     from moire_al.workflows.builders import fw_query
-    from moire_al.workflows.manage import fw_states, init_problems, loop_ids, require_loop, status_table
+    from moire_al.workflows.manage import finetune_line, fw_states, init_problems, loop_ids, require_loop, status_table
 
     lp = get_launchpad(args.launchpad, wait_s=INTERACTIVE_DB_WAIT_S)
     store = Store.from_launchpad(lp)
@@ -145,7 +148,12 @@ def _cmd_status(args) -> int:
               + (f": {p['error']}" if p["error"] else ""))
     if inits:
         print()
-    if not ids and not inits:
+    finetunes = [] if args.loop else store.get_finetunes()
+    for doc in finetunes:
+        print(finetune_line(doc))
+    if finetunes:
+        print()
+    if not ids and not inits and not finetunes:
         print("no loops in the job database")
     for lid in ids:
         print(status_table(store, lid))

@@ -134,18 +134,21 @@ def resume(lp, loop_id: str | None = None, round_: int | None = None) -> dict:
     """Rerun exactly the FIZZLED labelling Fireworks (of one loop / round).
 
     When the loop has already stopped, a refit Firework is added after them so the
-    recovered labels reach a model.
+    recovered labels reach a model. A fine-tuning's labels (``loop_id`` = its
+    ``finetune_id``) rerun with their descendants: the refit then sees every label.
     """
     from moire_al.workflows.builders import SPEC_KEY, fw_query, fw_tags, refit_workflow
     from moire_al.workflows.settings import LoopSettings
 
-    if loop_id:
+    if loop_id and Store.from_launchpad(lp).get_finetune(loop_id) is None:
         require_loop(Store.from_launchpad(lp), loop_id)
     q = {**fw_query(step="label", loop_id=loop_id, round_=round_), "state": "FIZZLED"}
     fws = list(lp.fireworks.find(q, {"fw_id": 1, f"spec.{SPEC_KEY}": 1}))
     rerun, detached = [], []
     for d in fws:
-        detached += _detach_finished_children(lp, d["fw_id"])
+        # a fine-tuning's label keeps its link: the refit (and its NEB) reruns with the label in
+        if not fw_tags(d).get("finetune_id"):
+            detached += _detach_finished_children(lp, d["fw_id"])
         lp.rerun_fw(d["fw_id"])
         rerun.append(d["fw_id"])
     store = Store.from_launchpad(lp)
@@ -180,3 +183,20 @@ def write_report(store: Store, loop_id: str, outdir: str | Path) -> Path:
     if rounds:
         store.get_model_dir(rounds[-1].model_id, outdir)
     return outdir
+
+
+def finetune_line(doc) -> str:
+    """One line of a fine-tuning job for ``moire-al status``."""
+    def f(table):
+        return "-" if not table else f"{table['all']['F_eV_per_A']:.4f}"
+
+    line = (f"fine-tuning {doc.finetune_id}: base {doc.model_id}, task {len(doc.task or [])} structures "
+            f"({doc.n_task if doc.n_task is not None else '-'} labelled, {doc.n_failed or 0} failed; "
+            f"{doc.labels or doc.labeller or '-'}); task F RMSE {f(doc.task_before)} -> {f(doc.task_after)} eV/A")
+    if doc.new_model_id:
+        line += f", original-set F ratio {doc.forgetting_F_ratio:.3f}, model {doc.new_model_id}"
+    if doc.barrier_before is not None:
+        after = "-" if doc.barrier_after is None else f"{doc.barrier_after:.3f}"
+        labels = "-" if doc.barrier_labels is None else f"{doc.barrier_labels:.3f}"
+        line += f"; NEB barrier {doc.barrier_before:.3f} -> {after} eV (labels on the first path: {labels} eV)"
+    return line

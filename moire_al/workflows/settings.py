@@ -171,3 +171,116 @@ class LoopSettings:
         from moire_al.labelling import get_labeller
 
         return get_labeller(self.labeller, self.labeller_settings)
+
+
+def _from_dict(cls, d: dict, what: str):
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d or {}) - known)
+    if unknown:
+        raise SettingsError(f"unknown {what} parameter(s) {', '.join(repr(k) for k in unknown)}; "
+                            f"known: {', '.join(sorted(known))}")
+    return cls(**(d or {}))
+
+
+def _check_labeller(labeller, labeller_settings, what: str) -> None:
+    if labeller not in loop_labellers():
+        raise SettingsError(f"{what} parameter 'labeller': {labeller!r} is not one of {loop_labellers()}")
+    if not isinstance(labeller_settings, dict):
+        raise SettingsError(f"{what} parameter 'labeller_settings': must be a mapping")
+    from moire_al.labelling import get_labeller
+
+    try:
+        get_labeller(labeller, labeller_settings)
+    except (MoireALError, ValueError, TypeError) as exc:
+        raise SettingsError(f"{what} parameter 'labeller_settings': {exc}") from None
+
+
+@dataclass
+class FinetuneSettings:
+    """A fine-tuning job as Fireworks (``moire_al.workflows.finetuning``): label ``task``
+    (structure hashes in the store) with the labeller, refit model ``model_id`` (store
+    id) on its training labels ``train`` + the task labels, store the new model."""
+
+    model_id: str = ""
+    task: list = field(default_factory=list)       # structure hashes
+    train: list = field(default_factory=list)      # [structure hash, label key] of the base model's training set
+    test: list = field(default_factory=list)       # [hash, key] of the original held-out set ([]: train stands in)
+    labeller: str = "cp2k"
+    labeller_settings: dict = field(default_factory=dict)
+    chunk_size: int = 1
+    finetune_id: str = ""
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("model_id", "finetune_id", "name"):
+            if not isinstance(getattr(self, name), str):
+                raise SettingsError(f"finetune parameter '{name}': must be a string")
+        for name in ("task", "train", "test"):
+            if not isinstance(getattr(self, name), list):
+                raise SettingsError(f"finetune parameter '{name}': must be a list")
+        if not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in self.train + self.test):
+            raise SettingsError("finetune parameters 'train' and 'test': [structure hash, label key] pairs")
+        if not _is_int(self.chunk_size) or self.chunk_size < 1:
+            raise SettingsError(f"finetune parameter 'chunk_size': must be a positive integer, got {self.chunk_size!r}")
+        _check_labeller(self.labeller, self.labeller_settings, "finetune")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FinetuneSettings":
+        return _from_dict(cls, d, "finetune")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+#: NEB options of the fine-tuning workflow (keyword arguments of vacancy_migration)
+NEB_OPTIONS = ("n_images", "fmax", "steps", "relax_fmax", "climb", "layer")
+
+
+@dataclass
+class NebFinetuneSettings:
+    """Seed 003's fine-tuning example as one workflow: a base model fitted on the
+    labels of ``train_file`` (replayed), a vacancy NEB in the twisted bilayer
+    (``m``, ``r``) with it, the images labelled, the model refitted on the union,
+    the NEB again with the new model."""
+
+    material: str = "graphene"
+    m: int = 2                                  # twisted bilayer cell: m = 2, r = 1 is 76 atoms (75 with the vacancy)
+    r: int = 1
+    labeller: str = "cp2k"
+    labeller_settings: dict = field(default_factory=dict)
+    train_file: str = "data/dft/graphene.extxyz"   # the base model's labels (replayed by hash)
+    model: dict = field(default_factory=dict)      # ACEModel hyperparameters of the base model
+    neb: dict = field(default_factory=lambda: {"n_images": 3, "fmax": 0.05, "steps": 300, "relax_fmax": 0.01})
+    seed: int = 0
+    finetune_id: str = ""
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        what = "NEB fine-tuning"
+        if self.material not in MATERIALS:
+            raise SettingsError(f"{what} parameter 'material': {self.material!r} is not one of {MATERIALS}")
+        for name in ("m", "r"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+                raise SettingsError(f"{what} parameter '{name}': must be a positive integer")
+        if not _is_int(self.seed):
+            raise SettingsError(f"{what} parameter 'seed': must be an integer")
+        if not isinstance(self.train_file, str) or not self.train_file:
+            raise SettingsError(f"{what} parameter 'train_file': the labelled file of the base model's training set")
+        if not isinstance(self.neb, dict) or set(self.neb) - set(NEB_OPTIONS):
+            raise SettingsError(f"{what} parameter 'neb': a mapping with keys among {NEB_OPTIONS}")
+        if not isinstance(self.model, dict):
+            raise SettingsError(f"{what} parameter 'model': must be a mapping of ACEModel hyperparameters")
+        from moire_al.models.ace import ACEModel
+
+        try:
+            ACEModel.check_params(self.model)
+        except (MoireALError, ValueError, TypeError) as exc:
+            raise SettingsError(f"{what} parameter 'model': {exc}") from None
+        _check_labeller(self.labeller, self.labeller_settings, what)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "NebFinetuneSettings":
+        return _from_dict(cls, d, "NEB fine-tuning")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
