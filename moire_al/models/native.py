@@ -23,7 +23,7 @@ from moire_al.errors import ModelError
 
 SRC_DIR = Path(__file__).with_name("csrc")
 FLAGS = ("-O3", "-std=c++17", "-fPIC", "-shared", "-fno-math-errno")
-KERNELS = ("d3",)
+KERNELS = ("d3", "ace_rows")
 _LOCK = threading.Lock()
 _LOADED: dict = {}
 
@@ -74,6 +74,16 @@ def load(name: str) -> ctypes.CDLL:
         if name not in _LOADED:
             _LOADED[name] = ctypes.CDLL(str(library_path(name)))
         return _LOADED[name]
+
+
+def dptr(a):
+    """A float64 C-contiguous array as ``double*`` (None stays NULL)."""
+    return None if a is None else a.ctypes.data_as(ctypes.POINTER(ctypes.c_double))
+
+
+def iptr(a):
+    """An int32 C-contiguous array as ``int*``."""
+    return a.ctypes.data_as(ctypes.POINTER(ctypes.c_int))
 
 
 if __name__ == "__main__":  # scripts/setup.sh: build every kernel ahead of first use
