@@ -366,9 +366,17 @@ class ACEBasis:
                 "u_b": i32(uniq // n_A), "u_a": i32(uniq % n_A), "u_off": i32(np.append(start, len(o))),
                 "e_src": i32(src[o]), "e_val": np.ascontiguousarray(vals[t_rep[o]])}
 
+    def _analytic(self) -> bool:
+        m = self.model
+        return (not m.rtab_grid and m.radial_kind == "analytic" and m.rnl_basis == "poly"
+                and m.pair_radial_kind == "analytic")
+
     def _edge_factors(self, v, z1, z2):
-        """_edge_kernel over the flat edge list, padded and split into few compiled shapes."""
+        """Per-edge (R, R', Rpair, Rpair', Y, ∇Y (E, 3, nY)): compiled for ace-jax's analytic
+        radials, else :func:`_edge_kernel` padded and split into few compiled shapes."""
         E = len(v)
+        if self._analytic():
+            return self._native_edge_factors(v, z1, z2)
         outs = []
         for a in range(0, max(E, 1), EDGE_MAX):
             b = min(a + EDGE_MAX, E)
@@ -385,9 +393,36 @@ class ACEBasis:
             outs.append([np.asarray(x)[:m] for x in res])
         return [np.ascontiguousarray(np.concatenate(x)) for x in zip(*outs)]
 
+    def _native_edge_factors(self, v, z1, z2):
+        from .native import dptr as dp, iptr as ip
+
+        m = self.model
+        if not hasattr(self, "_radial_params"):
+            f = lambda a: np.ascontiguousarray(np.asarray(a, float))       # noqa: E731
+            kind = {"ace1_poly1sr": 1, "poly1sr": 2}[m.pair_envelope_kind]
+            self._radial_params = [f(m.rnl_transform), f(m.rnl_envelope), f(m.rnl_Wnlq), f(m.polys_A),
+                                   f(m.polys_B), f(m.polys_C), f(m.pair_transform), f(m.pair_envelope),
+                                   kind, f(m.pair_Wnlq), f(m.pair_polys_A), f(m.pair_polys_B), f(m.pair_polys_C)]
+        rt, re, rW, rA, rB, rC, pt, pe, kind, pW, pA, pB, pC = self._radial_params
+        E = len(v)
+        n_rnl, n_pair, nY = rW.shape[2], pW.shape[2], (m.lmax + 1) ** 2
+        R, dR = np.empty((E, n_rnl)), np.empty((E, n_rnl))
+        Rp, dRp = np.empty((E, n_pair)), np.empty((E, n_pair))
+        Y, dY = np.empty((E, nY)), np.empty((E, 3, nY))
+        pz = np.ascontiguousarray(np.asarray(z1, np.int64) * self.NZ + np.asarray(z2, np.int64), np.int32)
+        c = ctypes.c_int
+        self._lib.ace_edge_factors(
+            c(E), dp(np.ascontiguousarray(v, float)), ip(pz), dp(rt), dp(re), c(re.shape[-1]), dp(rW), c(n_rnl),
+            dp(rA), dp(rB), dp(rC), c(len(rA)), dp(pt), dp(pe), c(pe.shape[-1]), c(kind), dp(pW), c(n_pair),
+            dp(pA), dp(pB), dp(pC), c(len(pA)), c(m.lmax), c(int(m.ysolid)),
+            dp(R), dp(dR), dp(Rp), dp(dRp), dp(Y), dp(dY))
+        return R, dR, Rp, dRp, Y, dY
+
     def _native_rows(self, g: _Graph, stress: bool = True):
         """(PsiE (L,), PsiF (3n, L), S (3, 3, L) or None) from the compiled kernel; S is the
         unsymmetrised Σ ∂X/∂v_a v_b, as in :meth:`structure_rows`."""
+        if not self.native:
+            raise ModelError("the compiled ACE rows are unavailable on this machine (see the log)")
         P = self._plan
         v = np.ascontiguousarray(g.rij[g.mask])
         counts = g.mask.sum(axis=1)

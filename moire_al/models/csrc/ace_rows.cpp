@@ -14,12 +14,183 @@
 //   S[(a*3 + b)*L + col]  += dX_d/dv_s,a v_s,b   (the caller symmetrises and divides by V)
 // The force rows are -sum_i dB_i/dr_j: the same per-atom basis derivatives serve the fit's
 // rows and the committee's forces (rows times the coefficient matrix).
+//
+// The per-edge factors R, R' (radial, n_rnl), Rp, Rp' (pair radial), Y, grad Y (real solid or
+// spherical harmonics, index l*l+l+m) are either given (R != nullptr: computed by the caller,
+// any radial kind) or computed here for ace-jax's analytic radials: a generalised Agnesi
+// transform x(r), the three-term polynomial recursion P_q(x), the per-species-pair matrix
+// W (n_f, n_q), and an envelope (x-polynomial for R; ACE1 or plain r^-p form for the pair).
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
 
+namespace {
+
+constexpr double kPi = 3.14159265358979323846;
+
+// One radial family (R or the pair radial) of an analytic ace-jax model.
+struct Radial {
+  const double *trans, *env, *W, *A, *B, *C;  // (NZ*NZ, 7), (NZ*NZ, ne), (NZ*NZ, nf, nq), (nq,) x 3
+  int ne, nf, nq, env_kind;                    // env_kind: 0 poly2sx(x), 1 ace1_poly1sr(r), 2 poly1sr(r)
+
+  // out[f], dout[f] = value and d/dr at distance r for species pair pz; P, dP scratch (nq).
+  void eval(int pz, double r, double* P, double* dP, double* out, double* dout) const {
+    const double* t = trans + 7 * (size_t)pz;
+    const double p = t[0], q = t[1], a = t[2], rin = t[3], r0 = t[4], yin = t[5], ycut = t[6];
+    double y = 1.0, dy = 0.0;
+    if (r > rin) {
+      const double s = (r - rin) / (r0 - rin), ds = 1.0 / (r0 - rin);
+      const double sq = std::pow(s, q), sqp = std::pow(s, q - p), den = 1.0 + sqp;
+      const double g = a * sq / den;
+      const double dg = a * (q * sq / s * den - sq * (q - p) * sqp / s) / (den * den);
+      y = 1.0 / (1.0 + g);
+      dy = -dg * ds * y * y;
+    }
+    double x = -1.0 + 2.0 * (y - yin) / (ycut - yin), dx = 2.0 * dy / (ycut - yin);
+    if (x < -1.0) { x = -1.0; dx = 0.0; }
+    if (x > 1.0) { x = 1.0; dx = 0.0; }
+    P[0] = A[0];
+    dP[0] = 0.0;
+    if (nq > 1) {
+      P[1] = A[1] * x + B[1];
+      dP[1] = A[1];
+    }
+    for (int k = 2; k < nq; ++k) {
+      const double c = A[k] * x + B[k];
+      P[k] = c * P[k - 1] + C[k] * P[k - 2];
+      dP[k] = A[k] * P[k - 1] + c * dP[k - 1] + C[k] * dP[k - 2];
+    }
+    const double* e = env + (size_t)ne * pz;
+    double ev = 0.0, de = 0.0;                  // envelope and d/dr
+    if (env_kind == 0) {
+      const double x1 = e[0], x2 = e[1], p1 = e[2], p2 = e[3], sc = e[4];
+      if (x > x1 && x < x2) {
+        const double u = x - x1, w = x2 - x, up = std::pow(u, p1), wp = std::pow(w, p2);
+        ev = sc * up * wp;
+        de = sc * (p1 * up / u * wp - p2 * up * wp / w) * dx;
+      }
+    } else if (env_kind == 1) {
+      const double rc = e[0], r0e = e[1], pe = e[2];
+      if (r <= rc) {
+        const double sr = r / r0e, scc = rc / r0e;
+        ev = std::pow(sr, -pe) - std::pow(scc, -pe) + pe * std::pow(scc, -pe - 1.0) * (sr - scc);
+        de = (-pe * std::pow(sr, -pe - 1.0) + pe * std::pow(scc, -pe - 1.0)) / r0e;
+      }
+    } else {
+      const double rc = e[0], pe = e[1];
+      if (r < rc) {
+        const double sr = r / rc, sp = std::pow(sr, -pe);
+        ev = (sp - 1.0) * (1.0 - sr);
+        de = (-pe * sp / sr * (1.0 - sr) - (sp - 1.0)) / rc;
+      }
+    }
+    const double* Wp = W + (size_t)pz * nf * nq;
+    for (int f = 0; f < nf; ++f) {
+      const double* wf = Wp + (size_t)f * nq;
+      double v = 0.0, dv = 0.0;
+      for (int k = 0; k < nq; ++k) {
+        v += wf[k] * P[k];
+        dv += wf[k] * dP[k];
+      }
+      out[f] = v * ev;
+      dout[f] = dv * dx * ev + v * de;
+    }
+  }
+};
+
+// Real solid (r^l Y_lm) or spherical harmonics and their gradients, l <= lmax: Y[l*l+l+m],
+// dY[c * nY + i]. Y = N_l|m| Rbar_l^|m|(u) (A_|m| or B_|m|) rad, u = z/r,
+// (x + i y)^m = A_m + i B_m, rad = r^(l-|m|) (solid) or r^-|m| (spherical).
+struct Harmonics {
+  int lmax, W;
+  bool solid;
+  std::vector<double> norm, Am, Bm, P, dP, rp;
+
+  Harmonics(int lmax_, bool solid_)
+      : lmax(lmax_), W(lmax_ + 1), solid(solid_), norm(W * W), Am(W), Bm(W), P(W * W), dP(W * W), rp(W + 2) {
+    for (int l = 0; l <= lmax; ++l)
+      for (int m = -l; m <= l; ++m) {
+        const int am = std::abs(m);
+        const double c = std::exp(0.5 * (std::log(2.0 * l + 1) - std::log(4.0 * kPi) +
+                                         std::lgamma(l - am + 1.0) - std::lgamma(l + am + 1.0)));
+        norm[l * l + l + m] = m ? c * std::sqrt(2.0) : c;
+      }
+  }
+
+  void eval(const double* v, double* Y, double* dY) {
+    const double x = v[0], y = v[1], z = v[2];
+    const double r2 = x * x + y * y + z * z, r = std::sqrt(r2), ir = 1.0 / r, u = z * ir;
+    const double ir3 = ir * ir * ir, du[3] = {-z * x * ir3, -z * y * ir3, (x * x + y * y) * ir3};
+    const int nY = W * W;
+    Am[0] = 1.0;
+    Bm[0] = 0.0;
+    for (int m = 1; m <= lmax; ++m) {
+      Am[m] = x * Am[m - 1] - y * Bm[m - 1];
+      Bm[m] = x * Bm[m - 1] + y * Am[m - 1];
+    }
+    double df = 1.0;
+    for (int m = 0; m <= lmax; ++m) {                 // P[l * W + m] = Rbar_l^m(u), dP = d/du
+      if (m > 0) df *= 2 * m - 1;
+      P[m * W + m] = df;
+      dP[m * W + m] = 0.0;
+      if (m + 1 <= lmax) {
+        P[(m + 1) * W + m] = (2 * m + 1) * u * df;
+        dP[(m + 1) * W + m] = (2 * m + 1) * df;
+      }
+      for (int l = m + 2; l <= lmax; ++l) {
+        P[l * W + m] = ((2 * l - 1) * u * P[(l - 1) * W + m] - (l + m - 1) * P[(l - 2) * W + m]) / (l - m);
+        dP[l * W + m] = ((2 * l - 1) * (P[(l - 1) * W + m] + u * dP[(l - 1) * W + m]) -
+                         (l + m - 1) * dP[(l - 2) * W + m]) / (l - m);
+      }
+    }
+    rp[0] = 1.0;                                       // r^k (solid) or r^-k (spherical)
+    for (int k = 1; k <= lmax; ++k) rp[k] = rp[k - 1] * (solid ? r : ir);
+    for (int l = 0; l <= lmax; ++l)
+      for (int m = -l; m <= l; ++m) {
+        const int am = std::abs(m), i = l * l + l + m;
+        const int k = solid ? l - am : -am;            // rad = r^k, d rad = k r^(k-2) v
+        const double rad = rp[solid ? k : am], drad = k * rad * ir * ir;
+        const double ang = m >= 0 ? Am[am] : Bm[am];
+        double dax = 0.0, day = 0.0;                  // d/dx, d/dy of A_m (m >= 0) or B_m
+        if (am > 0) {
+          dax = am * (m > 0 ? Am[am - 1] : Bm[am - 1]);
+          day = am * (m > 0 ? -Bm[am - 1] : Am[am - 1]);
+        }
+        const double c = norm[i], Pl = P[l * W + am], dPl = dP[l * W + am];
+        Y[i] = c * Pl * ang * rad;
+        const double a = c * dPl * ang * rad, b = c * Pl * rad, g = c * Pl * ang * drad;
+        dY[i] = a * du[0] + b * dax + g * x;
+        dY[nY + i] = a * du[1] + b * day + g * y;
+        dY[2 * nY + i] = a * du[2] + g * z;
+      }
+  }
+};
+
+}  // namespace
+
 extern "C" {
+
+// The per-edge factors of edges [0, E) (vectors v, species pair index pz = zi * NZ + zj) for
+// an analytic model: R, dR (E, n_rnl), Rp, dRp (E, n_pair), Y (E, nY), dY (E, 3, nY).
+void ace_edge_factors(int E, const double* v, const int* pz, const double* rt, const double* re, int re_n,
+                      const double* rW, int n_rnl, const double* rA, const double* rB, const double* rC, int rq,
+                      const double* pt, const double* pe, int pe_n, int pe_kind, const double* pW, int n_pair,
+                      const double* pA, const double* pB, const double* pC, int pq, int lmax, int solid,
+                      double* R, double* dR, double* Rp, double* dRp, double* Y, double* dY) {
+  const Radial rnl{rt, re, rW, rA, rB, rC, re_n, n_rnl, rq, 0};
+  const Radial pair{pt, pe, pW, pA, pB, pC, pe_n, n_pair, pq, pe_kind};
+  Harmonics harm(lmax, solid != 0);
+  const int nY = (lmax + 1) * (lmax + 1);
+  std::vector<double> P(std::max(rq, pq)), dP(std::max(rq, pq));
+  for (size_t e = 0; e < (size_t)E; ++e) {
+    const double* ve = v + 3 * e;
+    const double r = std::sqrt(ve[0] * ve[0] + ve[1] * ve[1] + ve[2] * ve[2]);
+    rnl.eval(pz[e], r, P.data(), dP.data(), R + e * n_rnl, dR + e * n_rnl);
+    pair.eval(pz[e], r, P.data(), dP.data(), Rp + e * n_pair, dRp + e * n_pair);
+    harm.eval(ve, Y + e * nY, dY + e * 3 * nY);
+  }
+}
 
 // Returns 0, or 1 when an edge has zero length.
 int ace_rows(int n, const int* off, const int* nbr, const double* v, const int* zc, int D, int L,
