@@ -268,7 +268,9 @@ class ACEBasis:
 
     # ------------------------------------------------------------------ graphs
     def graph(self, atoms, name="") -> _Graph:
-        from ace_jax.eval.nlist import _dense_from_sparse, _neighbour_list
+        from ace_jax.eval.nlist import _dense_from_sparse
+
+        from .native import neighbour_list as _neighbour_list
 
         node_z = self.species_index(atoms.numbers, name)
         pos = np.ascontiguousarray(atoms.positions, float)
