@@ -402,12 +402,13 @@ class ACEBasis:
         if not hasattr(self, "_radial_params"):
             f = lambda a: np.ascontiguousarray(np.asarray(a, float))       # noqa: E731
             kind = {"ace1_poly1sr": 1, "poly1sr": 2}[m.pair_envelope_kind]
-            self._radial_params = [f(m.rnl_transform), f(m.rnl_envelope), f(m.rnl_Wnlq), f(m.polys_A),
+            Wt = lambda W: f(np.swapaxes(np.asarray(W, float), -1, -2))    # noqa: E731  (.., n_q, n_f)
+            self._radial_params = [f(m.rnl_transform), f(m.rnl_envelope), Wt(m.rnl_Wnlq), f(m.polys_A),
                                    f(m.polys_B), f(m.polys_C), f(m.pair_transform), f(m.pair_envelope),
-                                   kind, f(m.pair_Wnlq), f(m.pair_polys_A), f(m.pair_polys_B), f(m.pair_polys_C)]
+                                   kind, Wt(m.pair_Wnlq), f(m.pair_polys_A), f(m.pair_polys_B), f(m.pair_polys_C)]
         rt, re, rW, rA, rB, rC, pt, pe, kind, pW, pA, pB, pC = self._radial_params
         E = len(v)
-        n_rnl, n_pair, nY = rW.shape[2], pW.shape[2], (m.lmax + 1) ** 2
+        n_rnl, n_pair, nY = rW.shape[-1], pW.shape[-1], (m.lmax + 1) ** 2
         R, dR = np.empty((E, n_rnl)), np.empty((E, n_rnl))
         Rp, dRp = np.empty((E, n_pair)), np.empty((E, n_pair))
         Y, dY = np.empty((E, nY)), np.empty((E, 3, nY))

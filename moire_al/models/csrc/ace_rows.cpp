@@ -25,13 +25,21 @@
 #include <cstring>
 #include <vector>
 
+// The hot loops are axpys and short dot products: an AVX2/FMA clone where the CPU has it,
+// chosen at load time (portable across the nodes of a cluster sharing one build cache).
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define MULTIVERSION __attribute__((target_clones("arch=haswell", "default")))
+#else
+#define MULTIVERSION
+#endif
+
 namespace {
 
 constexpr double kPi = 3.14159265358979323846;
 
 // One radial family (R or the pair radial) of an analytic ace-jax model.
 struct Radial {
-  const double *trans, *env, *W, *A, *B, *C;  // (NZ*NZ, 7), (NZ*NZ, ne), (NZ*NZ, nf, nq), (nq,) x 3
+  const double *trans, *env, *W, *A, *B, *C;  // (NZ*NZ, 7), (NZ*NZ, ne), (NZ*NZ, nq, nf), (nq,) x 3
   int ne, nf, nq, env_kind;                    // env_kind: 0 poly2sx(x), 1 ace1_poly1sr(r), 2 poly1sr(r)
 
   // out[f], dout[f] = value and d/dr at distance r for species pair pz; P, dP scratch (nq).
@@ -85,16 +93,21 @@ struct Radial {
         de = (-pe * sp / sr * (1.0 - sr) - (sp - 1.0)) / rc;
       }
     }
-    const double* Wp = W + (size_t)pz * nf * nq;
-    for (int f = 0; f < nf; ++f) {
-      const double* wf = Wp + (size_t)f * nq;
-      double v = 0.0, dv = 0.0;
-      for (int k = 0; k < nq; ++k) {
-        v += wf[k] * P[k];
-        dv += wf[k] * dP[k];
+    const double* Wp = W + (size_t)pz * nq * nf;    // W transposed: (nq, nf), unit stride in f
+    for (int f = 0; f < nf; ++f) out[f] = dout[f] = 0.0;
+    for (int k = 0; k < nq; ++k) {
+      const double* wk = Wp + (size_t)k * nf;
+      const double pk = P[k], dpk = dP[k];
+      for (int f = 0; f < nf; ++f) {
+        out[f] += wk[f] * pk;
+        dout[f] += wk[f] * dpk;
       }
+    }
+    const double g = dx * ev;
+    for (int f = 0; f < nf; ++f) {
+      const double v = out[f];
       out[f] = v * ev;
-      dout[f] = dv * dx * ev + v * de;
+      dout[f] = dout[f] * g + v * de;
     }
   }
 };
@@ -173,7 +186,8 @@ extern "C" {
 
 // The per-edge factors of edges [0, E) (vectors v, species pair index pz = zi * NZ + zj) for
 // an analytic model: R, dR (E, n_rnl), Rp, dRp (E, n_pair), Y (E, nY), dY (E, 3, nY).
-void ace_edge_factors(int E, const double* v, const int* pz, const double* rt, const double* re, int re_n,
+// rW, pW: the radial coefficients per species pair, transposed to (NZ*NZ, n_q, n_f).
+MULTIVERSION void ace_edge_factors(int E, const double* v, const int* pz, const double* rt, const double* re, int re_n,
                       const double* rW, int n_rnl, const double* rA, const double* rB, const double* rC, int rq,
                       const double* pt, const double* pe, int pe_n, int pe_kind, const double* pW, int n_pair,
                       const double* pA, const double* pB, const double* pC, int pq, int lmax, int solid,
@@ -193,7 +207,7 @@ void ace_edge_factors(int E, const double* v, const int* pz, const double* rt, c
 }
 
 // Returns 0, or 1 when an edge has zero length.
-int ace_rows(int n, const int* off, const int* nbr, const double* v, const int* zc, int D, int L,
+MULTIVERSION int ace_rows(int n, const int* off, const int* nbr, const double* v, const int* zc, int D, int L,
              int n_rnl, const double* R, const double* dR, int n_pair, const double* Rp, const double* dRp,
              int nY, const double* Y, const double* dY,  // dY (E, 3, nY)
              int n_A, const int* ar, const int* ay, int n_AA, const int* aa_off, const int* aa_fac,
