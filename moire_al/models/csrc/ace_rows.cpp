@@ -28,7 +28,7 @@
 // The hot loops are axpys and short dot products: an AVX2/FMA clone where the CPU has it,
 // chosen at load time (portable across the nodes of a cluster sharing one build cache).
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define MULTIVERSION __attribute__((target_clones("arch=haswell", "default")))
+#define MULTIVERSION __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define MULTIVERSION
 #endif
@@ -43,7 +43,7 @@ struct Radial {
   int ne, nf, nq, env_kind;                    // env_kind: 0 poly2sx(x), 1 ace1_poly1sr(r), 2 poly1sr(r)
 
   // out[f], dout[f] = value and d/dr at distance r for species pair pz; P, dP scratch (nq).
-  void eval(int pz, double r, double* P, double* dP, double* out, double* dout) const {
+  __attribute__((always_inline)) inline void eval(int pz, double r, double* P, double* dP, double* out, double* dout) const {
     const double* t = trans + 7 * (size_t)pz;
     const double p = t[0], q = t[1], a = t[2], rin = t[3], r0 = t[4], yin = t[5], ycut = t[6];
     double y = 1.0, dy = 0.0;
@@ -131,7 +131,7 @@ struct Harmonics {
       }
   }
 
-  void eval(const double* v, double* Y, double* dY) {
+  __attribute__((always_inline)) inline void eval(const double* v, double* Y, double* dY) {
     const double x = v[0], y = v[1], z = v[2];
     const double r2 = x * x + y * y + z * z, r = std::sqrt(r2), ir = 1.0 / r, u = z * ir;
     const double ir3 = ir * ir * ir, du[3] = {-z * x * ir3, -z * y * ir3, (x * x + y * y) * ir3};
@@ -281,27 +281,33 @@ MULTIVERSION int ace_rows(int n, const int* off, const int* nbr, const double* v
       }
       pe[n_B + p] += acc;
     }
-    // scatter into the force rows (centre +, neighbour -) and the virial rows
+    // scatter into the force rows (centre +, neighbour -) and the virial rows, in tiles of
+    // TILE functions: the tile of J (TILE x 3 nl) stays in cache while its columns are read
+    // (a column of the whole J strides over megabytes at L ~ 5k)
+    constexpr int TILE = 32;
     const size_t col0 = (size_t)z * D;
-    for (int s = 0; s < nl; ++s) {
-      const size_t e = s0 + s;
-      const int j = nbr[e];
-      const double* vs = v + 3 * e;
-      for (int c = 0; c < 3; ++c) {
-        double* Fi = PsiF + ((size_t)i * 3 + c) * L + col0;
-        double* Fj = PsiF + ((size_t)j * 3 + c) * L + col0;
-        const double* Jc = &J[3 * s + c];
-        for (int d = 0; d < D; ++d) g[d] = Jc[(size_t)d * w];   // one gather, then unit strides
-        for (int d = 0; d < D; ++d) {
-          Fi[d] += g[d];
-          Fj[d] -= g[d];
-        }
-        if (S)
-          for (int b = 0; b < 3; ++b) {
-            double* Sab = S + ((size_t)c * 3 + b) * L + col0;
-            const double vb = vs[b];
-            for (int d = 0; d < D; ++d) Sab[d] += g[d] * vb;
+    for (int d0 = 0; d0 < D; d0 += TILE) {
+      const int nd = std::min(TILE, D - d0);
+      for (int s = 0; s < nl; ++s) {
+        const size_t e = s0 + s;
+        const int j = nbr[e];
+        const double* vs = v + 3 * e;
+        for (int c = 0; c < 3; ++c) {
+          double* Fi = PsiF + ((size_t)i * 3 + c) * L + col0 + d0;
+          double* Fj = PsiF + ((size_t)j * 3 + c) * L + col0 + d0;
+          const double* Jc = &J[(size_t)d0 * w + 3 * s + c];
+          for (int d = 0; d < nd; ++d) g[d] = Jc[(size_t)d * w];
+          for (int d = 0; d < nd; ++d) {
+            Fi[d] += g[d];
+            Fj[d] -= g[d];
           }
+          if (S)
+            for (int b = 0; b < 3; ++b) {
+              double* Sab = S + ((size_t)c * 3 + b) * L + col0 + d0;
+              const double vb = vs[b];
+              for (int d = 0; d < nd; ++d) Sab[d] += g[d] * vb;
+            }
+        }
       }
     }
   }
