@@ -40,12 +40,14 @@ def test_rows_and_committee_by_parts_equal_acejax(elements, material):
         np.testing.assert_allclose(np.asarray(T), T0, rtol=0, atol=1e-12 * np.abs(T0).max())
 
 
-@pytest.mark.parametrize("elements,material,pbc", [([6], "graphene", True), ([5, 7], "hbn", True),
-                                                   ([6], "graphene", False)])
-def test_compiled_rows_equal_jax_rows(elements, material, pbc):
+@pytest.mark.parametrize("elements,material,pbc,order", [([6], "graphene", True, 3), ([5, 7], "hbn", True, 3),
+                                                         ([6], "graphene", False, 3), ([6], "graphene", True, 2)])
+def test_compiled_rows_equal_jax_rows(elements, material, pbc, order):
     """The compiled kernel (edge factors + product basis + dB/dA, csrc/ace_rows.cpp) gives the
-    JAX rows: energy, forces and virial, order-3 products, one and two species, 3D and slab."""
-    b = B.ACEBasis(elements, 3, 6, 5.5)
+    JAX rows: energy, forces and virial, order-3 products (sparse coupling) and order 2 (a
+    small basis: dense A2B), one and two species, 3D and slab."""
+    b = B.ACEBasis(elements, order, 6, 5.5)
+    assert b.model.a2b_sparse == (order == 3)
     assert b.native, "the compiled rows must build on the test machine"
     at = S.stacked(material, 2, 3, d=3.3, shifts=[[0, 0], [1.1, 0.3]], rattle=0.1, seed=3)
     if not pbc:

@@ -324,20 +324,19 @@ class ACEBasis:
     # ------------------------------------------------------------------ compiled rows
     @property
     def native(self) -> bool:
-        """True when the compiled row kernel (``csrc/ace_rows.cpp``) builds and this basis
-        holds its coupling as sparse triplets (ace-jax's default); else the JAX rows serve."""
+        """True when the compiled row kernel (``csrc/ace_rows.cpp``) builds here; else the
+        JAX rows serve."""
         if not hasattr(self, "_native_ok"):
             self._native_ok = False
-            if getattr(self.model, "a2b_sparse", False):
-                try:
-                    from . import native
+            try:
+                from . import native
 
-                    self._lib = native.load("ace_rows")
-                    self._lib.ace_rows.restype = ctypes.c_int
-                    self._plan = self._native_plan()
-                    self._native_ok = True
-                except ModelError as exc:
-                    log.warning("compiled ACE rows unavailable, using the JAX rows: %s", exc)
+                self._lib = native.load("ace_rows")
+                self._lib.ace_rows.restype = ctypes.c_int
+                self._plan = self._native_plan()
+                self._native_ok = True
+            except ModelError as exc:
+                log.warning("compiled ACE rows unavailable, using the JAX rows: %s", exc)
         return self._native_ok
 
     def _native_plan(self) -> dict:
@@ -349,9 +348,14 @@ class ACEBasis:
         ks = np.concatenate([np.full(len(g), g.shape[1], np.int64) for g in specs])
         aa_off = np.concatenate([[0], np.cumsum(ks)])
         aa_fac = np.concatenate([g.ravel() for g in specs])
-        rows = np.asarray(m.a2b_rows, np.int64)
-        cols = np.asarray(m.a2b_cols, np.int64)
-        vals = np.asarray(m.a2b_vals, float)
+        if m.a2b_sparse or m.A2B is None:             # the triplets are the coupling
+            rows = np.asarray(m.a2b_rows, np.int64)
+            cols = np.asarray(m.a2b_cols, np.int64)
+            vals = np.asarray(m.a2b_vals, float)
+        else:                                          # a small basis: the dense A2B is
+            A2B = np.asarray(m.A2B, float)
+            rows, cols = np.nonzero(A2B)
+            vals = A2B[rows, cols]
         n_A = int(np.asarray(m.aspec_r).shape[0])
         if rows.size and rows.max() >= self.n_B:
             raise ModelError("the coupling's rows exceed the basis' B functions")
