@@ -95,3 +95,46 @@ def test_sharded_fireworks_fit_equals_single_process_fit(data, launchpad, tmp_pa
     np.testing.assert_allclose(sharded.committee_, single.committee_, rtol=0,
                                atol=1e-10 * np.abs(single.committee_).max())
     np.testing.assert_allclose(sharded.E0_, single.E0_, rtol=1e-10)
+
+
+def test_loop_round_fit_sharded_equals_single_process_fit(launchpad, tmp_path, monkeypatch):
+    """LoopSettings.fit_shards = 2: the round's fit runs as 2 shard Fireworks + a reduce, then
+    the rest of the round loads that model; it is the single-process fit's model to 1e-10 and
+    the round scores the pool with it."""
+    from fireworks import FWorker
+    from fireworks.core.rocket_launcher import rapidfire
+
+    import moire_al.models.ace as ace
+    from moire_al.store.mongo import Store
+    from moire_al.workflows import loop
+    from moire_al.workflows.builders import hyperactive_loop
+    from moire_al.workflows.settings import LoopSettings
+    from test_loop import TINY_MODEL, TINY_POOL
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(ace, "BLOCK_ROWS", 50)            # several blocks in this small set
+    settings = LoopSettings(material="graphene", pool=TINY_POOL, model=TINY_MODEL, n_initial=6, n_test=2,
+                            batch_size=3, max_rounds=1, threshold=1e-9, seed=1, labeller="reference",
+                            fit_shards=2)
+    launchpad.add_wf(hyperactive_loop(settings, loop_id="S"))
+    rapidfire(launchpad, FWorker(category=["dft", "fit"]), nlaunches=0, sleep_time=0, max_loops=1)
+    fws = list(launchpad.fireworks.find({}, {"state": 1, "spec._moire": 1}))
+    assert {f["state"] for f in fws} == {"COMPLETED"}
+    steps = sorted(f["spec"]["_moire"]["step"] for f in fws)
+    assert steps.count("fit_shard") == 2 and steps.count("fit_reduce") == 1 and steps.count("fit") == 2
+    store = Store.from_launchpad(launchpad)
+    (r0,) = store.get_rounds("S")
+    assert r0.model_id == loop.round_model_id("S", 0) and r0.n_train == 6 and r0.n_pool > 0
+    assert store.models.find_one({"model_id": r0.model_id})["sharded"] == 2
+    sharded = ACEModel.load(store.get_model_dir(r0.model_id, tmp_path / "m"))
+    hashes, keys = loop.training_labels(store, settings, "S", 0)
+    atoms, missing = store.labelled_atoms(hashes, keys)
+    assert not missing and len(atoms) == 6
+    single = ACEModel(**loop.model_params(settings)).fit(atoms)
+    assert len(ace.ACEModel.fit_blocks(atoms)) >= 2
+    for a, b in ((sharded.coef_, single.coef_), (sharded.committee_, single.committee_)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-10 * np.abs(b).max())
+    np.testing.assert_allclose(sharded.E0_, single.E0_, rtol=1e-10)
+    _, sigma = loop.committee_scores(single, store.get_structures(
+        store.member_hashes("S", role="pool", selected=False)))
+    np.testing.assert_allclose(r0.sigma_f, sigma, rtol=1e-8)

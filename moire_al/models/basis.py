@@ -20,6 +20,8 @@ JAX is configured for float64 on import of this module.
 
 from __future__ import annotations
 
+import ctypes
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,11 +61,16 @@ import jax.numpy as jnp  # noqa: E402
 
 from moire_al.errors import ModelError  # noqa: E402
 
+log = logging.getLogger(__name__)
+
 #: Largest number of centre atoms evaluated in one compiled call. Structures with
 #: more atoms are processed in chunks of this size (bounded memory, one compile).
 MAX_CHUNK = 64
 #: Centre-atom chunk sizes (a structure uses the smallest that holds it, or MAX_CHUNK).
 CHUNK_LADDER = (16, 32, 64)
+#: Edges per call of the compiled rows' edge factors: padded to the next power of two
+#: from EDGE_MIN, at most EDGE_MAX (larger structures: several calls).
+EDGE_MIN, EDGE_MAX = 512, 16384
 #: Neighbour slots are padded to the next of these (few distinct compiled shapes).
 K_LADDER = (16, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512)
 
@@ -131,6 +138,24 @@ def _radial(model, r, zi, zj):
     return Rnl, Rpair
 
 
+def _edge_parts(model, v, z1, z2):
+    """Per edge (E, 3): radial values and r-derivatives R, R' (E, n_rnl), Rpair, Rpair'
+    (E, n_pair), and the harmonics Y (E, nY) with their gradients ∇Y (E, nY, 3)."""
+    r = jnp.linalg.norm(v, axis=-1)
+    (R, Rp), (dR, dRp) = jax.jvp(lambda rr: _radial(model, rr, z1, z2), (r,), (jnp.ones_like(r),))
+    Y = model.angular(v)
+    dY = jax.vmap(jax.jacfwd(lambda u: model.angular(u[None])[0]))(v)        # (E, nY, 3)
+    return R, dR, Rp, dRp, Y, dY
+
+
+@eqx.filter_jit
+def _edge_kernel(model, v, z1, z2):
+    """:func:`_edge_parts` for the compiled rows, ∇Y as (E, 3, nY)."""
+    with jax.default_matmul_precision("highest"):
+        R, dR, Rp, dRp, Y, dY = _edge_parts(model, v, z1, z2)
+        return R, dR, Rp, dRp, Y, jnp.transpose(dY, (0, 2, 1))
+
+
 def _jacobian_parts(model, rij, zi, zj, mask):
     """ace-jax's ``_dense_jacobian_parts`` (A, dB/dA, dA, Rpair, dRpair), with the edge
     derivatives taken by parts: A_a = R_n(a)(r) Y_lm(a)(r̂), so dA = R' (rij / r) Y + R ∇Y
@@ -139,11 +164,8 @@ def _jacobian_parts(model, rij, zi, zj, mask):
     n, K = mask.shape
     E = n * K
     v = rij.reshape(E, 3)
-    z1, z2 = zi.reshape(E), zj.reshape(E)
+    R, dR, Rp, dRp, Y, dY = _edge_parts(model, v, zi.reshape(E), zj.reshape(E))
     r = jnp.linalg.norm(v, axis=-1)
-    (R, Rp), (dR, dRp) = jax.jvp(lambda rr: _radial(model, rr, z1, z2), (r,), (jnp.ones_like(r),))
-    Y = model.angular(v)
-    dY = jax.vmap(jax.jacfwd(lambda u: model.angular(u[None])[0]))(v)        # (E, nY, 3)
     ar, ay = model.aspec_r, model.aspec_y
     u = v / r[:, None]
     eA = R[:, ar] * Y[:, ay]
@@ -246,7 +268,9 @@ class ACEBasis:
 
     # ------------------------------------------------------------------ graphs
     def graph(self, atoms, name="") -> _Graph:
-        from ace_jax.eval.nlist import _dense_from_sparse, _neighbour_list
+        from ace_jax.eval.nlist import _dense_from_sparse
+
+        from .native import neighbour_list as _neighbour_list
 
         node_z = self.species_index(atoms.numbers, name)
         pos = np.ascontiguousarray(atoms.positions, float)
@@ -297,15 +321,153 @@ class ACEBasis:
         data = np.concatenate([np.ones(len(cols)), -np.ones(len(cols))])
         return sp.csr_matrix((data, (rows, np.concatenate([cols, cols]))), shape=(g.n, (e - s) * K))
 
+    # ------------------------------------------------------------------ compiled rows
+    @property
+    def native(self) -> bool:
+        """True when the compiled row kernel (``csrc/ace_rows.cpp``) builds here; else the
+        JAX rows serve."""
+        if not hasattr(self, "_native_ok"):
+            self._native_ok = False
+            try:
+                from . import native
+
+                self._lib = native.load("ace_rows")
+                self._lib.ace_rows.restype = ctypes.c_int
+                self._plan = self._native_plan()
+                self._native_ok = True
+            except ModelError as exc:
+                log.warning("compiled ACE rows unavailable, using the JAX rows: %s", exc)
+        return self._native_ok
+
+    def _native_plan(self) -> dict:
+        """The coupling as flat int32/float64 arrays for the kernel: the product basis'
+        factors per AA column, the triplets (B row, AA column, value), and dB/dA as
+        (B row, A index) pairs, each a list of (leave-one-out product, triplet value)."""
+        m = self.model
+        specs = [np.asarray(g, np.int64) for g in m.aa_specs]
+        ks = np.concatenate([np.full(len(g), g.shape[1], np.int64) for g in specs])
+        aa_off = np.concatenate([[0], np.cumsum(ks)])
+        aa_fac = np.concatenate([g.ravel() for g in specs])
+        if m.a2b_sparse or m.A2B is None:             # the triplets are the coupling
+            rows = np.asarray(m.a2b_rows, np.int64)
+            cols = np.asarray(m.a2b_cols, np.int64)
+            vals = np.asarray(m.a2b_vals, float)
+        else:                                          # a small basis: the dense A2B is
+            A2B = np.asarray(m.A2B, float)
+            rows, cols = np.nonzero(A2B)
+            vals = A2B[rows, cols]
+        n_A = int(np.asarray(m.aspec_r).shape[0])
+        if rows.size and rows.max() >= self.n_B:
+            raise ModelError("the coupling's rows exceed the basis' B functions")
+        kt = ks[cols]
+        t_rep = np.repeat(np.arange(len(rows)), kt)
+        p = np.arange(len(t_rep)) - np.repeat(np.cumsum(kt) - kt, kt)
+        src = aa_off[cols[t_rep]] + p
+        key = rows[t_rep] * n_A + aa_fac[src]
+        o = np.argsort(key, kind="stable")
+        uniq, start = np.unique(key[o], return_index=True)
+        i32 = lambda a: np.ascontiguousarray(a, np.int32)      # noqa: E731
+        return {"n_A": n_A, "ar": i32(m.aspec_r), "ay": i32(m.aspec_y), "aa_off": i32(aa_off),
+                "aa_fac": i32(aa_fac), "t_row": i32(rows), "t_col": i32(cols), "t_val": np.ascontiguousarray(vals),
+                "u_b": i32(uniq // n_A), "u_a": i32(uniq % n_A), "u_off": i32(np.append(start, len(o))),
+                "e_src": i32(src[o]), "e_val": np.ascontiguousarray(vals[t_rep[o]])}
+
+    def _analytic(self) -> bool:
+        m = self.model
+        return (not m.rtab_grid and m.radial_kind == "analytic" and m.rnl_basis == "poly"
+                and m.pair_radial_kind == "analytic")
+
+    def _edge_factors(self, v, z1, z2):
+        """Per-edge (R, R', Rpair, Rpair', Y, ∇Y (E, 3, nY)): compiled for ace-jax's analytic
+        radials, else :func:`_edge_kernel` padded and split into few compiled shapes."""
+        E = len(v)
+        if self._analytic():
+            return self._native_edge_factors(v, z1, z2)
+        outs = []
+        for a in range(0, max(E, 1), EDGE_MAX):
+            b = min(a + EDGE_MAX, E)
+            m = b - a
+            size = EDGE_MIN
+            while size < m:
+                size *= 2
+            vv = np.broadcast_to(np.array([self.rcut, 0.0, 0.0]), (size, 3)).copy()
+            vv[:m] = v[a:b]
+            za = np.zeros(size, np.int32)
+            zb = np.zeros(size, np.int32)
+            za[:m], zb[:m] = z1[a:b], z2[a:b]
+            res = _edge_kernel(self.model, jnp.asarray(vv), jnp.asarray(za), jnp.asarray(zb))
+            outs.append([np.asarray(x)[:m] for x in res])
+        return [np.ascontiguousarray(np.concatenate(x)) for x in zip(*outs)]
+
+    def _native_edge_factors(self, v, z1, z2):
+        from .native import dptr as dp, iptr as ip
+
+        m = self.model
+        if not hasattr(self, "_radial_params"):
+            f = lambda a: np.ascontiguousarray(np.asarray(a, float))       # noqa: E731
+            kind = {"ace1_poly1sr": 1, "poly1sr": 2}[m.pair_envelope_kind]
+            Wt = lambda W: f(np.swapaxes(np.asarray(W, float), -1, -2))    # noqa: E731  (.., n_q, n_f)
+            self._radial_params = [f(m.rnl_transform), f(m.rnl_envelope), Wt(m.rnl_Wnlq), f(m.polys_A),
+                                   f(m.polys_B), f(m.polys_C), f(m.pair_transform), f(m.pair_envelope),
+                                   kind, Wt(m.pair_Wnlq), f(m.pair_polys_A), f(m.pair_polys_B), f(m.pair_polys_C)]
+        rt, re, rW, rA, rB, rC, pt, pe, kind, pW, pA, pB, pC = self._radial_params
+        E = len(v)
+        n_rnl, n_pair, nY = rW.shape[-1], pW.shape[-1], (m.lmax + 1) ** 2
+        R, dR = np.empty((E, n_rnl)), np.empty((E, n_rnl))
+        Rp, dRp = np.empty((E, n_pair)), np.empty((E, n_pair))
+        Y, dY = np.empty((E, nY)), np.empty((E, 3, nY))
+        pz = np.ascontiguousarray(np.asarray(z1, np.int64) * self.NZ + np.asarray(z2, np.int64), np.int32)
+        c = ctypes.c_int
+        self._lib.ace_edge_factors(
+            c(E), dp(np.ascontiguousarray(v, float)), ip(pz), dp(rt), dp(re), c(re.shape[-1]), dp(rW), c(n_rnl),
+            dp(rA), dp(rB), dp(rC), c(len(rA)), dp(pt), dp(pe), c(pe.shape[-1]), c(kind), dp(pW), c(n_pair),
+            dp(pA), dp(pB), dp(pC), c(len(pA)), c(m.lmax), c(int(m.ysolid)),
+            dp(R), dp(dR), dp(Rp), dp(dRp), dp(Y), dp(dY))
+        return R, dR, Rp, dRp, Y, dY
+
+    def _native_rows(self, g: _Graph, stress: bool = True):
+        """(PsiE (L,), PsiF (3n, L), S (3, 3, L) or None) from the compiled kernel; S is the
+        unsymmetrised Σ ∂X/∂v_a v_b, as in :meth:`structure_rows`."""
+        if not self.native:
+            raise ModelError("the compiled ACE rows are unavailable on this machine (see the log)")
+        P = self._plan
+        v = np.ascontiguousarray(g.rij[g.mask])
+        counts = g.mask.sum(axis=1)
+        centre = np.repeat(np.arange(g.n), counts)
+        nbr = np.ascontiguousarray(g.idx[g.mask], np.int32)
+        R, dR, Rp, dRp, Y, dY = self._edge_factors(v, g.node_z[centre], g.node_z[nbr])
+        off = np.ascontiguousarray(np.concatenate([[0], np.cumsum(counts)]), np.int32)
+        PsiE = np.zeros(self.L)
+        PsiF = np.zeros((3 * g.n, self.L))
+        S = np.zeros((3, 3, self.L)) if stress and g.volume is not None else None
+        from .native import dptr as dp, iptr as ip
+
+        nY = Y.shape[1] if Y.ndim == 2 else 0
+        status = self._lib.ace_rows(
+            ctypes.c_int(g.n), ip(off), ip(nbr), dp(v), ip(np.ascontiguousarray(g.node_z, np.int32)),
+            ctypes.c_int(self.D), ctypes.c_int(self.L), ctypes.c_int(R.shape[1]), dp(R), dp(dR),
+            ctypes.c_int(Rp.shape[1]), dp(Rp), dp(dRp), ctypes.c_int(nY), dp(Y), dp(dY),
+            ctypes.c_int(P["n_A"]), ip(P["ar"]), ip(P["ay"]), ctypes.c_int(len(P["aa_off"]) - 1),
+            ip(P["aa_off"]), ip(P["aa_fac"]), ctypes.c_int(len(P["t_row"])), ip(P["t_row"]), ip(P["t_col"]),
+            dp(P["t_val"]), ctypes.c_int(len(P["u_b"])), ip(P["u_b"]), ip(P["u_a"]), ip(P["u_off"]),
+            ip(P["e_src"]), dp(P["e_val"]), dp(PsiE), dp(PsiF), dp(S) if S is not None else None)
+        if status:
+            raise ModelError("two atoms coincide (an edge of zero length)")
+        return PsiE, PsiF, S
+
     # ------------------------------------------------------------------ design rows
-    def structure_rows(self, atoms, name="", graph: _Graph | None = None):
+    def structure_rows(self, atoms, name="", graph: _Graph | None = None, native: bool | None = None):
         """Design rows of one structure in our column layout.
 
         Returns (PsiE (L,), PsiF (3n, L) ordered atom-major (x,y,z per atom),
         PsiS (6, L) Voigt stress rows (ASE sign, eV/Å³ per unit coefficient) or None
-        when the structure is not 3D periodic).
+        when the structure is not 3D periodic). ``native`` (default: when available)
+        takes them from the compiled kernel, else from the JAX edge Jacobian.
         """
         g = graph or self.graph(atoms, name)
+        if self.native if native is None else native:
+            PsiE, PsiF, S = self._native_rows(g)
+            return PsiE, PsiF, self._voigt_rows(S, g)
         L, D = self.L, self.D
         PsiE = np.zeros(L)
         PsiF = np.zeros((g.n, 3, L))
@@ -329,24 +491,37 @@ class ACEBasis:
                     PsiF[:, a, cols] += inc @ Jflat[:, :, a]
                 if g.volume is not None:
                     S[:, :, cols] += np.einsum("ckda,ckb->abd", Jz, np.where(g.mask[s:e, :, None], rloc, 0.0))
-        PsiS = None
-        if g.volume is not None:
-            S = 0.5 * (S + S.transpose(1, 0, 2)) / g.volume
-            PsiS = np.stack([S[0, 0], S[1, 1], S[2, 2], S[1, 2], S[0, 2], S[0, 1]])
-        return PsiE, PsiF.reshape(3 * g.n, L), PsiS
+        return PsiE, PsiF.reshape(3 * g.n, L), self._voigt_rows(S if g.volume is not None else None, g)
+
+    @staticmethod
+    def _voigt_rows(S, g: _Graph):
+        """Voigt stress rows (6, L) from the unsymmetrised (3, 3, L) Σ ∂X/∂v ⊗ v, or None."""
+        if S is None or g.volume is None:
+            return None
+        S = 0.5 * (S + S.transpose(1, 0, 2)) / g.volume
+        return np.stack([S[0, 0], S[1, 1], S[2, 2], S[1, 2], S[0, 2], S[0, 1]])
 
     # ------------------------------------------------------------------ evaluation
-    def evaluate(self, atoms, C: np.ndarray, name="", graph: _Graph | None = None, stress=True):
+    def evaluate(self, atoms, C: np.ndarray, name="", graph: _Graph | None = None, stress=True,
+                 native: bool | None = None):
         """Energies (r,), forces (r, n, 3), stresses (r, 6) or None of r linear models.
 
         C: (L, r) coefficients in our layout (column 0 is usually the posterior mean,
-        the others committee members). One basis evaluation serves all r models.
+        the others committee members). One basis evaluation serves all r models: with the
+        compiled kernel (``native``, default when available) the design rows of
+        :meth:`structure_rows` times C, one matrix product (the committee's scoring);
+        else the JAX per-edge gradients of the r models.
         """
         g = graph or self.graph(atoms, name)
         C = np.asarray(C, float)
         if C.ndim == 1:
             C = C[:, None]
         r = C.shape[1]
+        if self.native if native is None else native:
+            PsiE, PsiF, S = self._native_rows(g, stress)
+            F = (PsiF @ C).reshape(g.n, 3, r).transpose(2, 0, 1)
+            PsiS = self._voigt_rows(S, g) if stress else None
+            return PsiE @ C, F, None if PsiS is None else (PsiS @ C).T
         Cz = C.reshape(self.NZ, self.D, r)
         CB = jnp.asarray(Cz[:, : self.n_B])
         CP = jnp.asarray(Cz[:, self.n_B:])

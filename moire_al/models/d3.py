@@ -240,12 +240,7 @@ def _element_data(zs: tuple) -> dict:
 
 
 # ------------------------------------------------------------------ evaluation
-def _dptr(a):
-    return a.ctypes.data_as(ctypes.POINTER(ctypes.c_double))
-
-
-def _iptr(a):
-    return a.ctypes.data_as(ctypes.POINTER(ctypes.c_int))
+from .native import dptr, iptr  # noqa: E402
 
 
 class D3Evaluator:
@@ -292,7 +287,7 @@ class D3Evaluator:
         self._free()
         pbc = np.asarray(atoms.pbc, np.int32)
         status = ctypes.c_int(0)
-        ptr = self._lib.d3_list_new(ctypes.c_int(len(atoms)), _dptr(x), _dptr(cell), _iptr(pbc),
+        ptr = self._lib.d3_list_new(ctypes.c_int(len(atoms)), dptr(x), dptr(cell), iptr(pbc),
                                     ctypes.c_double((self.chain_cutoff + self.skin) / Bohr),
                                     ctypes.c_double((self.cn_cutoff + self.skin) / Bohr),
                                     ctypes.c_double((self.cutoff + self.skin) / Bohr), ctypes.byref(status))
@@ -330,11 +325,11 @@ class D3Evaluator:
         p = self.params
         en, grad, sig, cn = np.zeros(n), np.zeros((n, 3)), np.zeros((3, 3)), np.zeros(n)
         rc = self._lib.d3_eval(
-            ctypes.c_void_p(self._list), _dptr(x), _dptr(cell), _iptr(sp), ctypes.c_int(len(zs)),
-            ctypes.c_int(d["maxref"]), _iptr(d["nref"]), _dptr(d["refcn"]), _dptr(d["c6"]), _dptr(d["r4r2"]),
-            _dptr(d["rcov"]), ctypes.c_double(p["s6"]), ctypes.c_double(p["s8"]), ctypes.c_double(p["a1"]),
+            ctypes.c_void_p(self._list), dptr(x), dptr(cell), iptr(sp), ctypes.c_int(len(zs)),
+            ctypes.c_int(d["maxref"]), iptr(d["nref"]), dptr(d["refcn"]), dptr(d["c6"]), dptr(d["r4r2"]),
+            dptr(d["rcov"]), ctypes.c_double(p["s6"]), ctypes.c_double(p["s8"]), ctypes.c_double(p["a1"]),
             ctypes.c_double(p["a2"]), ctypes.c_double(self.cutoff / Bohr), ctypes.c_double(self.cn_cutoff / Bohr),
-            ctypes.c_double(self.chain_cutoff / Bohr), _dptr(en), _dptr(grad), _dptr(sig), _dptr(cn))
+            ctypes.c_double(self.chain_cutoff / Bohr), dptr(en), dptr(grad), dptr(sig), dptr(cn))
         if rc:
             _fail(rc, name)
         self.last_stats["calls"] += 1

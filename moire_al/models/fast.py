@@ -78,7 +78,7 @@ class _GhostList:
     """Owned + ghost atoms and the (K, n) neighbour matrix for ``cutoff`` (= rcut + skin)."""
 
     def __init__(self, atoms, cutoff: float):
-        from ace_jax.eval.nlist import _neighbour_list
+        from .native import neighbour_list as _neighbour_list
 
         n = len(atoms)
         pos = np.ascontiguousarray(atoms.positions, float)

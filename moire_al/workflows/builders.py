@@ -60,11 +60,30 @@ def hyperactive_loop(settings: LoopSettings, loop_id: str | None = None) -> Work
     return Workflow([fw], name=name, metadata={"moire_al": "hyperactive_loop", "material": settings.material})
 
 
-def fit_firework(settings: LoopSettings, loop_id: str, round_: int, parents=None, name: str | None = None):
-    """Fit round ``round_`` once its parents (labels) are COMPLETED or FIZZLED."""
-    return Firework([FitRoundTask(loop_id=loop_id, round=round_, params=settings.as_dict())],
+def fit_firework(settings: LoopSettings, loop_id: str, round_: int, parents=None, name: str | None = None,
+                 fitted: bool = False):
+    """Fit round ``round_`` once its parents (labels) are COMPLETED or FIZZLED (``fitted``:
+    after the round's sharded fit, whose model it loads)."""
+    extra = {"fitted": True} if fitted else {}
+    return Firework([FitRoundTask(loop_id=loop_id, round=round_, params=settings.as_dict(), **extra)],
                     name=name or f"fit+score r{round_}", parents=parents or None,
-                    spec=fw_spec("fit", allow_fizzled_parents=True, loop_id=loop_id, round=round_))
+                    spec=fw_spec("fit", allow_fizzled_parents=not fitted, loop_id=loop_id, round=round_, **extra))
+
+
+def sharded_round_workflow(store, settings: LoopSettings, loop_id: str, round_: int, hashes: list[str],
+                           keys: list[str]) -> Workflow:
+    """Round ``round_``'s fit sharded (``settings.fit_shards`` shard Fireworks and a reduce that
+    stores the round's model), then the rest of the round (test, score, select) in a fit
+    Firework that loads it."""
+    from moire_al.workflows.loop import model_params, round_model_id
+
+    wf = sharded_fit_workflow(store, round_model_id(loop_id, round_), hashes, keys, model_params(settings),
+                              settings.fit_shards, metadata={"loop_id": loop_id, "round": round_,
+                                                             "material": settings.material})
+    reduce = [fw for fw in wf.fws if fw.spec[SPEC_KEY]["step"] == "fit_reduce"]
+    rest = fit_firework(settings, loop_id, round_, parents=reduce, fitted=True,
+                        name=f"score r{round_} (sharded fit)")
+    return Workflow(wf.fws + [rest], name=f"{loop_id} round {round_} sharded fit")
 
 
 def refit_workflow(settings: LoopSettings, loop_id: str, round_: int) -> Workflow:
@@ -165,9 +184,10 @@ def polarization_workflow(model_id: str | None = None, ms=None, options: dict | 
 
 
 def sharded_fit_workflow(store, fit_id: str, hashes: list[str], keys: list[str], params: dict,
-                         n_shards: int) -> Workflow:
+                         n_shards: int, metadata: dict | None = None) -> Workflow:
     """A fit sharded across workers (:mod:`moire_al.workflows.fitting`): the plan (basis,
-    E0) now, then ``n_shards`` shard Fireworks and one reduce Firework (category ``fit``)."""
+    E0) now, then ``n_shards`` shard Fireworks and one reduce Firework (category ``fit``;
+    ``metadata`` goes with the stored model)."""
     from moire_al.workflows.fitting import FitReduceTask, FitShardTask, shard_plan
 
     plan, shards = shard_plan(store, fit_id, hashes, keys, params, n_shards)
@@ -176,7 +196,8 @@ def sharded_fit_workflow(store, fit_id: str, hashes: list[str], keys: list[str],
                     name=f"{fit_id} shard {k}", spec=fw_spec("fit_shard", fit_id=fit_id))
            for k, sh in enumerate(shards)]
     reduce = Firework([FitReduceTask(fit_id=fit_id, hashes=hashes, keys=keys, params=params, plan=plan,
-                                     n_shards=n_shards)], name=f"{fit_id} reduce", parents=fws,
+                                     n_shards=n_shards, **({"metadata": metadata} if metadata else {}))],
+                      name=f"{fit_id} reduce", parents=fws,
                       spec=fw_spec("fit_reduce", fit_id=fit_id))
     return Workflow(fws + [reduce], name=f"sharded fit {fit_id}")
 

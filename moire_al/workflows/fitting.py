@@ -78,6 +78,7 @@ class FitReduceTask(FiretaskBase):
     """Sum the shards' partials (pushed into the spec by the shards), solve, store the model."""
 
     required_params = ["fit_id", "hashes", "keys", "params", "plan", "n_shards"]
+    optional_params = ["metadata"]        # stored with the model (e.g. loop_id, round, material)
 
     def run_task(self, fw_spec):
         from moire_al.errors import ModelError
@@ -86,7 +87,7 @@ class FitReduceTask(FiretaskBase):
         if len(set(parts)) != self["n_shards"]:
             raise ModelError(f"fit {self['fit_id']}: {len(set(parts))} of {self['n_shards']} shard partials arrived")
         mid = fit_reduce(_store(self), self["fit_id"], sorted(set(parts)), self["hashes"], self["keys"],
-                         self["params"], self["plan"])
+                         self["params"], self["plan"], **(self.get("metadata") or {}))
         return FWAction(stored_data={"model_id": mid})
 
 

@@ -202,26 +202,43 @@ def label_structures(store: Store, loop_id: str, round_: int, hashes: list[str],
     return {"labelled": done, "skipped": skipped}
 
 
-def _training_and_test(store: Store, settings: LoopSettings, loop_id: str, round_: int):
+def _label_keys(store: Store, settings: LoopSettings, hashes: list[str]) -> list[str]:
     from moire_al.labelling import get_labeller
 
     labeller = get_labeller(settings.labeller, settings.labeller_settings)
+    return [key_of(labeller, a) for a in store.get_structures(hashes)]
 
+
+def _training_and_test(store: Store, settings: LoopSettings, loop_id: str, round_: int):
     def labelled(hashes):
-        atoms = store.get_structures(hashes)
-        keys = [key_of(labeller, a) for a in atoms]
-        return store.labelled_atoms(hashes, keys)
+        return store.labelled_atoms(hashes, _label_keys(store, settings, hashes))
 
     train, missing = labelled(store.member_hashes(loop_id, role="pool", selected=True, upto_round=round_))
     test, _ = labelled(store.member_hashes(loop_id, role="test"))
     return train, missing, test
 
 
-def fit_round(store: Store, settings: LoopSettings, loop_id: str, round_: int) -> RoundDoc:
+def training_labels(store: Store, settings: LoopSettings, loop_id: str, round_: int) -> tuple[list, list]:
+    """(hashes, label keys) of round ``round_``'s labelled training structures, in the order
+    :func:`fit_round` fits them (the shards of a sharded round fit take these)."""
+    hashes = store.member_hashes(loop_id, role="pool", selected=True, upto_round=round_)
+    keys = _label_keys(store, settings, hashes)
+    have = set(store.labels.distinct("key", {"key": {"$in": keys}}))
+    pairs = [(h, k) for h, k in zip(hashes, keys) if k in have]
+    return [h for h, _ in pairs], [k for _, k in pairs]
+
+
+def round_model_id(loop_id: str, round_: int) -> str:
+    return f"{loop_id}-r{round_}"
+
+
+def fit_round(store: Store, settings: LoopSettings, loop_id: str, round_: int, fitted: bool = False) -> RoundDoc:
     """Fit, test, score the remaining pool, select the next batch; store the round.
 
-    Returns the round document. On a rerun of a round whose next batch was already
-    chosen, the stored selection is kept (the branch that labels it may exist).
+    ``fitted``: the round's model is already in the store (a sharded fit's reduce stored
+    it as :func:`round_model_id`), so it is loaded, not fitted. Returns the round document.
+    On a rerun of a round whose next batch was already chosen, the stored selection is
+    kept (the branch that labels it may exist).
     """
     from moire_al.models import ACEModel
 
@@ -230,12 +247,16 @@ def fit_round(store: Store, settings: LoopSettings, loop_id: str, round_: int) -
     train, missing, test = _training_and_test(store, settings, loop_id, round_)
     if not train:
         raise LabelError(f"round {round_}: no labelled training structures (all {len(missing)} failed)")
-    model = ACEModel(**model_params(settings)).fit(train)
-    model_id = f"{loop_id}-r{round_}"
-    with tempfile.TemporaryDirectory() as tmp:
-        model.save(Path(tmp) / "model")
-        store.put_model(Path(tmp) / "model", model_id=model_id, loop_id=loop_id, round=round_,
-                        n_train=len(train), material=settings.material)
+    model_id = round_model_id(loop_id, round_)
+    if fitted:
+        with tempfile.TemporaryDirectory() as tmp:
+            model = ACEModel.load(store.get_model_dir(model_id, Path(tmp)))
+    else:
+        model = ACEModel(**model_params(settings)).fit(train)
+        with tempfile.TemporaryDirectory() as tmp:
+            model.save(Path(tmp) / "model")
+            store.put_model(Path(tmp) / "model", model_id=model_id, loop_id=loop_id, round=round_,
+                            n_train=len(train), material=settings.material)
     errors = force_errors(model, test)
     ref, pred = errors.pop("_ref", np.zeros(0)), errors.pop("_pred", np.zeros(0))
     if len(ref) > PARITY_MAX:

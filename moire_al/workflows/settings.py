@@ -53,6 +53,10 @@ class LoopSettings:
     #: candidates scored that round. Keys: ``n_starts`` and ExploreSettings fields
     #: (temperatures_K, steps, tau_rel, ramp_steps, tolerance, seed, timestep_fs, friction_per_fs).
     explore: dict = field(default_factory=dict)
+    #: fit each round as this many shard Fireworks (category ``fit``: partial normal equations
+    #: to GridFS, in parallel on the workers that reach the database) and a reduce; 1 fits
+    #: in the round's own Firework. Either way the same model (to round-off).
+    fit_shards: int = 1
 
     def __post_init__(self) -> None:
         self.validate()
@@ -81,7 +85,7 @@ class LoopSettings:
             if layers is not None and (not isinstance(layers, list) or not layers or not all(
                     isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in layers)):
                 bad("pool", f"'layers' must be a list of layer counts, got {layers!r}")
-        for name in ("n_initial", "batch_size", "max_rounds", "chunk_size"):
+        for name in ("n_initial", "batch_size", "max_rounds", "chunk_size", "fit_shards"):
             v = getattr(self, name)
             if not _is_int(v) or v < 1:
                 bad(name, f"must be a positive integer, got {v!r}")

@@ -45,6 +45,23 @@ def _next(task, settings: LoopSettings, loop_id: str, round_: int, hashes: list[
                     stored_data={"round": round_, "n_label": len(hashes)})
 
 
+def _sharded_fit(task, settings: LoopSettings, loop_id: str, round_: int) -> FWAction | None:
+    """The round's fit as shard Fireworks, a reduce and the rest of the round (a fit Firework
+    that loads the reduced model), as a detour; None when there is nothing to shard (no
+    labelled training structure: the round's own fit reports it)."""
+    from moire_al.workflows.builders import fw_query, sharded_round_workflow
+
+    lp = getattr(task, "launchpad", None)
+    if lp is not None and lp.fireworks.count_documents(
+            fw_query(step="fit", loop_id=loop_id, round_=round_, fitted=True)) > 0:
+        return FWAction(stored_data={"sharded_fit": "exists", "round": round_})
+    hashes, keys = loop.training_labels(_store(task), settings, loop_id, round_)
+    if not hashes:
+        return None
+    wf = sharded_round_workflow(_store(task), settings, loop_id, round_, hashes, keys)
+    return FWAction(detours=[wf], stored_data={"round": round_, "fit_shards": settings.fit_shards})
+
+
 @explicit_serialize
 class InitLoopTask(FiretaskBase):
     """Make the pool, choose initial + test structures, add round 0."""
@@ -76,11 +93,16 @@ class FitRoundTask(FiretaskBase):
     """Fit, test, score the pool, select; add the next round unless the loop stops."""
 
     required_params = ["loop_id", "round", "params"]
+    optional_params = ["fitted"]      # True: the round's sharded fit stored the model
 
     def run_task(self, fw_spec):
         settings = LoopSettings.from_dict(self["params"])
         r = self["round"]
-        doc = loop.fit_round(_store(self), settings, self["loop_id"], r)
+        if settings.fit_shards > 1 and not self.get("fitted"):
+            action = _sharded_fit(self, settings, self["loop_id"], r)
+            if action is not None:
+                return action
+        doc = loop.fit_round(_store(self), settings, self["loop_id"], r, fitted=bool(self.get("fitted")))
         summary = {k: getattr(doc, k) for k in ("round", "n_train", "n_failed", "max_sigma_f", "stop_reason",
                                                  "model_id")}
         if not doc.selected:

@@ -1,0 +1,317 @@
+// Linear-ACE design rows of one structure: energy row, force rows and the (unsymmetrised)
+// virial rows, from per-edge radial and harmonic factors (computed by the caller).
+//
+// Per site i (edges s in [off[i], off[i+1]), vector v_s = r_j - r_i, unit u_s):
+//   A_a   = sum_s R_s[ar_a] Y_s[ay_a]
+//   AA_c  = prod_p A[f_{c,p}]                   (product basis, order 1..k)
+//   B_b   = sum_t val_t AA[col_t]                (coupling triplets, any order)
+//   dA_a/dv_s = R'_s[ar_a] Y_s[ay_a] u_s + R_s[ar_a] grad Y_s[ay_a]
+//   dB_b/dv_s = sum_{(b,a)} (sum_{t,p: row_t = b, f_{col_t,p} = a} val_t prod_{q != p} A[f_{col_t,q}]) dA_a/dv_s
+//   pair: X_p = sum_s Rp_s[p], dX_p/dv_s = Rp'_s[p] u_s
+// Column of function d (B functions, then pair functions) of a site of species z: z * D + d.
+//   PsiE[col]            += X_d
+//   PsiF[(i*3 + c)*L+col] += dX_d/dv_s,c ; PsiF[(j*3 + c)*L+col] -= dX_d/dv_s,c  (F = -dE/dr)
+//   S[(a*3 + b)*L + col]  += dX_d/dv_s,a v_s,b   (the caller symmetrises and divides by V)
+// The force rows are -sum_i dB_i/dr_j: the same per-atom basis derivatives serve the fit's
+// rows and the committee's forces (rows times the coefficient matrix).
+//
+// The per-edge factors R, R' (radial, n_rnl), Rp, Rp' (pair radial), Y, grad Y (real solid or
+// spherical harmonics, index l*l+l+m) are either given (R != nullptr: computed by the caller,
+// any radial kind) or computed here for ace-jax's analytic radials: a generalised Agnesi
+// transform x(r), the three-term polynomial recursion P_q(x), the per-species-pair matrix
+// W (n_f, n_q), and an envelope (x-polynomial for R; ACE1 or plain r^-p form for the pair).
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+// The hot loops are axpys and short dot products: an AVX2/FMA clone where the CPU has it,
+// chosen at load time (portable across the nodes of a cluster sharing one build cache).
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define MULTIVERSION __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define MULTIVERSION
+#endif
+
+namespace {
+
+constexpr double kPi = 3.14159265358979323846;
+
+// One radial family (R or the pair radial) of an analytic ace-jax model.
+struct Radial {
+  const double *trans, *env, *W, *A, *B, *C;  // (NZ*NZ, 7), (NZ*NZ, ne), (NZ*NZ, nq, nf), (nq,) x 3
+  int ne, nf, nq, env_kind;                    // env_kind: 0 poly2sx(x), 1 ace1_poly1sr(r), 2 poly1sr(r)
+
+  // out[f], dout[f] = value and d/dr at distance r for species pair pz; P, dP scratch (nq).
+  __attribute__((always_inline)) inline void eval(int pz, double r, double* P, double* dP, double* out, double* dout) const {
+    const double* t = trans + 7 * (size_t)pz;
+    const double p = t[0], q = t[1], a = t[2], rin = t[3], r0 = t[4], yin = t[5], ycut = t[6];
+    double y = 1.0, dy = 0.0;
+    if (r > rin) {
+      const double s = (r - rin) / (r0 - rin), ds = 1.0 / (r0 - rin);
+      const double sq = std::pow(s, q), sqp = std::pow(s, q - p), den = 1.0 + sqp;
+      const double g = a * sq / den;
+      const double dg = a * (q * sq / s * den - sq * (q - p) * sqp / s) / (den * den);
+      y = 1.0 / (1.0 + g);
+      dy = -dg * ds * y * y;
+    }
+    double x = -1.0 + 2.0 * (y - yin) / (ycut - yin), dx = 2.0 * dy / (ycut - yin);
+    if (x < -1.0) { x = -1.0; dx = 0.0; }
+    if (x > 1.0) { x = 1.0; dx = 0.0; }
+    P[0] = A[0];
+    dP[0] = 0.0;
+    if (nq > 1) {
+      P[1] = A[1] * x + B[1];
+      dP[1] = A[1];
+    }
+    for (int k = 2; k < nq; ++k) {
+      const double c = A[k] * x + B[k];
+      P[k] = c * P[k - 1] + C[k] * P[k - 2];
+      dP[k] = A[k] * P[k - 1] + c * dP[k - 1] + C[k] * dP[k - 2];
+    }
+    const double* e = env + (size_t)ne * pz;
+    double ev = 0.0, de = 0.0;                  // envelope and d/dr
+    if (env_kind == 0) {
+      const double x1 = e[0], x2 = e[1], p1 = e[2], p2 = e[3], sc = e[4];
+      if (x > x1 && x < x2) {
+        const double u = x - x1, w = x2 - x, up = std::pow(u, p1), wp = std::pow(w, p2);
+        ev = sc * up * wp;
+        de = sc * (p1 * up / u * wp - p2 * up * wp / w) * dx;
+      }
+    } else if (env_kind == 1) {
+      const double rc = e[0], r0e = e[1], pe = e[2];
+      if (r <= rc) {
+        const double sr = r / r0e, scc = rc / r0e;
+        ev = std::pow(sr, -pe) - std::pow(scc, -pe) + pe * std::pow(scc, -pe - 1.0) * (sr - scc);
+        de = (-pe * std::pow(sr, -pe - 1.0) + pe * std::pow(scc, -pe - 1.0)) / r0e;
+      }
+    } else {
+      const double rc = e[0], pe = e[1];
+      if (r < rc) {
+        const double sr = r / rc, sp = std::pow(sr, -pe);
+        ev = (sp - 1.0) * (1.0 - sr);
+        de = (-pe * sp / sr * (1.0 - sr) - (sp - 1.0)) / rc;
+      }
+    }
+    const double* Wp = W + (size_t)pz * nq * nf;    // W transposed: (nq, nf), unit stride in f
+    for (int f = 0; f < nf; ++f) out[f] = dout[f] = 0.0;
+    for (int k = 0; k < nq; ++k) {
+      const double* wk = Wp + (size_t)k * nf;
+      const double pk = P[k], dpk = dP[k];
+      for (int f = 0; f < nf; ++f) {
+        out[f] += wk[f] * pk;
+        dout[f] += wk[f] * dpk;
+      }
+    }
+    const double g = dx * ev;
+    for (int f = 0; f < nf; ++f) {
+      const double v = out[f];
+      out[f] = v * ev;
+      dout[f] = dout[f] * g + v * de;
+    }
+  }
+};
+
+// Real solid (r^l Y_lm) or spherical harmonics and their gradients, l <= lmax: Y[l*l+l+m],
+// dY[c * nY + i]. Y = N_l|m| Rbar_l^|m|(u) (A_|m| or B_|m|) rad, u = z/r,
+// (x + i y)^m = A_m + i B_m, rad = r^(l-|m|) (solid) or r^-|m| (spherical).
+struct Harmonics {
+  int lmax, W;
+  bool solid;
+  std::vector<double> norm, Am, Bm, P, dP, rp;
+
+  Harmonics(int lmax_, bool solid_)
+      : lmax(lmax_), W(lmax_ + 1), solid(solid_), norm(W * W), Am(W), Bm(W), P(W * W), dP(W * W), rp(W + 2) {
+    for (int l = 0; l <= lmax; ++l)
+      for (int m = -l; m <= l; ++m) {
+        const int am = std::abs(m);
+        const double c = std::exp(0.5 * (std::log(2.0 * l + 1) - std::log(4.0 * kPi) +
+                                         std::lgamma(l - am + 1.0) - std::lgamma(l + am + 1.0)));
+        norm[l * l + l + m] = m ? c * std::sqrt(2.0) : c;
+      }
+  }
+
+  __attribute__((always_inline)) inline void eval(const double* v, double* Y, double* dY) {
+    const double x = v[0], y = v[1], z = v[2];
+    const double r2 = x * x + y * y + z * z, r = std::sqrt(r2), ir = 1.0 / r, u = z * ir;
+    const double ir3 = ir * ir * ir, du[3] = {-z * x * ir3, -z * y * ir3, (x * x + y * y) * ir3};
+    const int nY = W * W;
+    Am[0] = 1.0;
+    Bm[0] = 0.0;
+    for (int m = 1; m <= lmax; ++m) {
+      Am[m] = x * Am[m - 1] - y * Bm[m - 1];
+      Bm[m] = x * Bm[m - 1] + y * Am[m - 1];
+    }
+    double df = 1.0;
+    for (int m = 0; m <= lmax; ++m) {                 // P[l * W + m] = Rbar_l^m(u), dP = d/du
+      if (m > 0) df *= 2 * m - 1;
+      P[m * W + m] = df;
+      dP[m * W + m] = 0.0;
+      if (m + 1 <= lmax) {
+        P[(m + 1) * W + m] = (2 * m + 1) * u * df;
+        dP[(m + 1) * W + m] = (2 * m + 1) * df;
+      }
+      for (int l = m + 2; l <= lmax; ++l) {
+        P[l * W + m] = ((2 * l - 1) * u * P[(l - 1) * W + m] - (l + m - 1) * P[(l - 2) * W + m]) / (l - m);
+        dP[l * W + m] = ((2 * l - 1) * (P[(l - 1) * W + m] + u * dP[(l - 1) * W + m]) -
+                         (l + m - 1) * dP[(l - 2) * W + m]) / (l - m);
+      }
+    }
+    rp[0] = 1.0;                                       // r^k (solid) or r^-k (spherical)
+    for (int k = 1; k <= lmax; ++k) rp[k] = rp[k - 1] * (solid ? r : ir);
+    for (int l = 0; l <= lmax; ++l)
+      for (int m = -l; m <= l; ++m) {
+        const int am = std::abs(m), i = l * l + l + m;
+        const int k = solid ? l - am : -am;            // rad = r^k, d rad = k r^(k-2) v
+        const double rad = rp[solid ? k : am], drad = k * rad * ir * ir;
+        const double ang = m >= 0 ? Am[am] : Bm[am];
+        double dax = 0.0, day = 0.0;                  // d/dx, d/dy of A_m (m >= 0) or B_m
+        if (am > 0) {
+          dax = am * (m > 0 ? Am[am - 1] : Bm[am - 1]);
+          day = am * (m > 0 ? -Bm[am - 1] : Am[am - 1]);
+        }
+        const double c = norm[i], Pl = P[l * W + am], dPl = dP[l * W + am];
+        Y[i] = c * Pl * ang * rad;
+        const double a = c * dPl * ang * rad, b = c * Pl * rad, g = c * Pl * ang * drad;
+        dY[i] = a * du[0] + b * dax + g * x;
+        dY[nY + i] = a * du[1] + b * day + g * y;
+        dY[2 * nY + i] = a * du[2] + g * z;
+      }
+  }
+};
+
+}  // namespace
+
+extern "C" {
+
+// The per-edge factors of edges [0, E) (vectors v, species pair index pz = zi * NZ + zj) for
+// an analytic model: R, dR (E, n_rnl), Rp, dRp (E, n_pair), Y (E, nY), dY (E, 3, nY).
+// rW, pW: the radial coefficients per species pair, transposed to (NZ*NZ, n_q, n_f).
+MULTIVERSION void ace_edge_factors(int E, const double* v, const int* pz, const double* rt, const double* re, int re_n,
+                      const double* rW, int n_rnl, const double* rA, const double* rB, const double* rC, int rq,
+                      const double* pt, const double* pe, int pe_n, int pe_kind, const double* pW, int n_pair,
+                      const double* pA, const double* pB, const double* pC, int pq, int lmax, int solid,
+                      double* R, double* dR, double* Rp, double* dRp, double* Y, double* dY) {
+  const Radial rnl{rt, re, rW, rA, rB, rC, re_n, n_rnl, rq, 0};
+  const Radial pair{pt, pe, pW, pA, pB, pC, pe_n, n_pair, pq, pe_kind};
+  Harmonics harm(lmax, solid != 0);
+  const int nY = (lmax + 1) * (lmax + 1);
+  std::vector<double> P(std::max(rq, pq)), dP(std::max(rq, pq));
+  for (size_t e = 0; e < (size_t)E; ++e) {
+    const double* ve = v + 3 * e;
+    const double r = std::sqrt(ve[0] * ve[0] + ve[1] * ve[1] + ve[2] * ve[2]);
+    rnl.eval(pz[e], r, P.data(), dP.data(), R + e * n_rnl, dR + e * n_rnl);
+    pair.eval(pz[e], r, P.data(), dP.data(), Rp + e * n_pair, dRp + e * n_pair);
+    harm.eval(ve, Y + e * nY, dY + e * 3 * nY);
+  }
+}
+
+// Returns 0, or 1 when an edge has zero length.
+MULTIVERSION int ace_rows(int n, const int* off, const int* nbr, const double* v, const int* zc, int D, int L,
+             int n_rnl, const double* R, const double* dR, int n_pair, const double* Rp, const double* dRp,
+             int nY, const double* Y, const double* dY,  // dY (E, 3, nY)
+             int n_A, const int* ar, const int* ay, int n_AA, const int* aa_off, const int* aa_fac,
+             int n_t, const int* t_row, const int* t_col, const double* t_val,
+             int n_u, const int* u_b, const int* u_a, const int* u_off, const int* e_src, const double* e_val,
+             double* PsiE, double* PsiF, double* S) {
+  const int n_B = D - n_pair;
+  int kmax = 0;
+  for (int i = 0; i < n; ++i) kmax = std::max(kmax, off[i + 1] - off[i]);
+  std::vector<double> A(n_A), AA(n_AA), loo(aa_off[n_AA]), coef(n_u), u(3 * (size_t)kmax);
+  std::vector<double> dA((size_t)n_A * 3 * kmax), J((size_t)D * 3 * kmax), g(D);
+  for (int i = 0; i < n; ++i) {
+    const int s0 = off[i], nl = off[i + 1] - s0, w = 3 * nl, z = zc[i];
+    if (nl == 0) continue;
+    for (int s = 0; s < nl; ++s) {
+      const double* vs = v + 3 * (size_t)(s0 + s);
+      const double r = std::sqrt(vs[0] * vs[0] + vs[1] * vs[1] + vs[2] * vs[2]);
+      if (!(r > 0.0)) return 1;
+      for (int c = 0; c < 3; ++c) u[3 * s + c] = vs[c] / r;
+    }
+    // A and its edge derivatives, dA[a][3 s + c]
+    for (int a = 0; a < n_A; ++a) {
+      const int ra = ar[a], ya = ay[a];
+      double acc = 0.0;
+      double* da = &dA[(size_t)a * w];
+      for (int s = 0; s < nl; ++s) {
+        const size_t e = s0 + s;
+        const double Rv = R[e * n_rnl + ra], Yv = Y[e * nY + ya], g = dR[e * n_rnl + ra] * Yv;
+        const double* dy = dY + e * 3 * nY + ya;
+        acc += Rv * Yv;
+        da[3 * s] = g * u[3 * s] + Rv * dy[0];
+        da[3 * s + 1] = g * u[3 * s + 1] + Rv * dy[nY];
+        da[3 * s + 2] = g * u[3 * s + 2] + Rv * dy[2 * nY];
+      }
+      A[a] = acc;
+    }
+    // product basis and its leave-one-out products
+    for (int c = 0; c < n_AA; ++c) {
+      const int o = aa_off[c], k = aa_off[c + 1] - o;
+      const int* f = aa_fac + o;
+      double p = 1.0;
+      for (int q = 0; q < k; ++q) p *= A[f[q]];
+      AA[c] = p;
+      for (int q = 0; q < k; ++q) {
+        double l = 1.0;
+        for (int q2 = 0; q2 < k; ++q2)
+          if (q2 != q) l *= A[f[q2]];
+        loo[o + q] = l;
+      }
+    }
+    double* pe = PsiE + (size_t)z * D;
+    for (int t = 0; t < n_t; ++t) pe[t_row[t]] += t_val[t] * AA[t_col[t]];
+    // J[d][3 s + c] = dX_d / dv_s,c
+    std::fill(J.begin(), J.begin() + (size_t)D * w, 0.0);
+    for (int q = 0; q < n_u; ++q) {
+      double cf = 0.0;
+      for (int e = u_off[q]; e < u_off[q + 1]; ++e) cf += e_val[e] * loo[e_src[e]];
+      if (cf == 0.0) continue;
+      double* Jb = &J[(size_t)u_b[q] * w];
+      const double* da = &dA[(size_t)u_a[q] * w];
+      for (int x = 0; x < w; ++x) Jb[x] += cf * da[x];
+    }
+    for (int p = 0; p < n_pair; ++p) {
+      double acc = 0.0;
+      double* Jp = &J[(size_t)(n_B + p) * w];
+      for (int s = 0; s < nl; ++s) {
+        const size_t e = s0 + s;
+        acc += Rp[e * n_pair + p];
+        const double g = dRp[e * n_pair + p];
+        for (int c = 0; c < 3; ++c) Jp[3 * s + c] = g * u[3 * s + c];
+      }
+      pe[n_B + p] += acc;
+    }
+    // scatter into the force rows (centre +, neighbour -) and the virial rows, in tiles of
+    // TILE functions: the tile of J (TILE x 3 nl) stays in cache while its columns are read
+    // (a column of the whole J strides over megabytes at L ~ 5k)
+    constexpr int TILE = 32;
+    const size_t col0 = (size_t)z * D;
+    for (int d0 = 0; d0 < D; d0 += TILE) {
+      const int nd = std::min(TILE, D - d0);
+      for (int s = 0; s < nl; ++s) {
+        const size_t e = s0 + s;
+        const int j = nbr[e];
+        const double* vs = v + 3 * e;
+        for (int c = 0; c < 3; ++c) {
+          double* Fi = PsiF + ((size_t)i * 3 + c) * L + col0 + d0;
+          double* Fj = PsiF + ((size_t)j * 3 + c) * L + col0 + d0;
+          const double* Jc = &J[(size_t)d0 * w + 3 * s + c];
+          for (int d = 0; d < nd; ++d) g[d] = Jc[(size_t)d * w];
+          for (int d = 0; d < nd; ++d) {
+            Fi[d] += g[d];
+            Fj[d] -= g[d];
+          }
+          if (S)
+            for (int b = 0; b < 3; ++b) {
+              double* Sab = S + ((size_t)c * 3 + b) * L + col0 + d0;
+              const double vb = vs[b];
+              for (int d = 0; d < nd; ++d) Sab[d] += g[d] * vb;
+            }
+        }
+      }
+    }
+  }
+  return 0;
+}
+
+}  // extern "C"
