@@ -244,6 +244,7 @@ def test_cli_polarization_and_errors(tmp_path, capsys):
     assert res["charge"]["range"][0] < 0 < res["charge"]["range"][1]
     assert res["settings"]["n_moments"] == 96 and res["settings"]["reference"] == "isolated layers"
     assert res["settings"]["min_width_A"] == 25.0 and res["electronic"]["reps"] == [3, 3]
+    assert res["settings"]["model"]["convention"] == "seed"      # the seed's C2 sign by default
     assert res["charge"]["bn_ratio"] > 0 and res["P_max_pC_per_m"] > 0
     assert (out / "polarization_charge.png").exists() and (out / "polarization_potential.png").exists()
     gr = tmp_path / "gr.xyz"
