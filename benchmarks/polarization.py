@@ -83,7 +83,13 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     rres = polarization_analysis(rigid, calc_name="rigid", plot_dir=os.path.join(args.out, "rigid"))
     fig.update(rigid_polarization_s=time.perf_counter() - t0,
-               P_max_rigid_pC_per_m=rres["P_max_pC_per_m"])
+               P_max_rigid_pC_per_m=rres["P_max_pC_per_m"],
+               rigid_charge_range=rres["charge"]["range"], rigid_bn_ratio=rres["charge"]["bn_ratio"],
+               convention=res["settings"]["model"]["convention"],
+               aa_distance_c=res["settings"]["model"]["c"])
+    print(f"relaxed: charge {fig['charge_range']} 1e12 e/cm2, B/N {fig['bn_ratio']:.2f}; rigid: "
+          f"P_max {fig['P_max_rigid_pC_per_m']:.2f} pC/m, charge {fig['rigid_charge_range']}, "
+          f"B/N {fig['rigid_bn_ratio']:.2f}", flush=True)
 
     # ---- baseline and accuracy on a smaller cell: pybinding's KPM per site, exact diagonalisation
     import pybinding as pb

@@ -140,7 +140,8 @@ def _polarization_options(args) -> dict:
     from moire_al.analysis.tightbinding import SlaterKoster
 
     extra = {} if args.aa_distance is None else {"c": args.aa_distance}
-    return {"model": SlaterKoster(cutoff=args.cutoff, a=args.a, **extra),
+    return {"model": SlaterKoster(cutoff=args.cutoff, a=args.a, convention=args.convention,
+                                  **extra),
             "method": args.method, "n_moments": args.moments,
             "probe_radius": args.probe_radius if args.probe_radius > 0 else None,
             "min_width": args.min_width, "height": args.height}
@@ -306,6 +307,8 @@ def register(subparsers) -> None:
     q.add_argument("--a", type=float, default=None,
                    help="lattice parameter of the model (Å; default: the structure's)")
     q.add_argument("--cutoff", type=float, default=6.0, help="hopping cut-off (Å)")
+    q.add_argument("--convention", default="seed", choices=["seed", "slater-koster"],
+                   help="hopping sign: H_ij = -t(r) as the seed's C2 (default) or +t(r)")
     q.add_argument("--min-width", type=float, default=40.0,
                    help="repeat the cell in-plane until this wide (Å): the k-point sampling")
     q.add_argument("--calc-name", default=None)

@@ -11,10 +11,17 @@ Slater–Koster two-centre integral
 
 with γ0 = −2.7 eV (in-plane nearest neighbours), γ0' = 0.1 γ0 (at the second-neighbour
 distance a), species prefactors γ1 (BB 0.831, NN 0.3989, BN 0.6601 eV), c the AA
-interlayer distance, a the lattice parameter and a_BN = a/√3 the B–N bond. The seed
-writes H = −Σ t |i⟩⟨j| with t given by (C3); with γ0 < 0 that would make the π
-integral positive. We follow its source (Moon & Koshino, PRB 90, 155406), where the
-matrix element itself is (C3): V_ppπ < 0, V_ppσ > 0, as Slater–Koster integrals are.
+interlayer distance, a the lattice parameter and a_BN = a/√3 the B–N bond.
+
+Sign (``convention``). The seed's (C2) is H = −Σ t(R_i − R_j) |i⟩⟨j| + Σ V_i |i⟩⟨i| with
+t given by (C3) and γ0 = −2.7 eV, so every matrix element is −t: +2.7 eV between in-plane
+neighbours, −γ1 e^{…} between vertical pairs (``"seed"``, the default). Its source (Moon &
+Koshino, PRB 90, 155406) writes −t = (C3), i.e. H_ij = +t, the Slater–Koster signs
+V_ppπ < 0, V_ppσ > 0 (``"slater-koster"``). The two are not gauge-equivalent: flipping
+every hopping is, up to the sublattice and layer gauges, flipping the sign of the
+in-plane B–B/N–N and of the interlayer B–N hoppings relative to the rest. Only the
+literal (C2) reproduces the seed's "B carries ~3× the induced charge of N" (B/N ≈ 4
+against 0.75, docs/analysis.md), so it is the default.
 
 The Hamiltonian is the Γ-point matrix of the periodic cell (image hoppings folded in);
 cells narrower than ``min_width`` are first repeated in-plane (an n×n repetition
@@ -44,6 +51,7 @@ from moire_al.errors import MoireALError, StructureError
 DEFAULT_A = 2.504      # Å, hBN lattice parameter (moire_al.structures)
 DEFAULT_C = 3.565      # Å, AA interlayer distance: equilibrium of the reference potential
                        # (Tersoff+ILP binding curve, docs/analysis.md)
+CONVENTIONS = ("seed", "slater-koster")   # H_ij = −t(r) (seed's C2) or +t(r)
 
 
 @dataclass(frozen=True)
@@ -52,7 +60,8 @@ class SlaterKoster:
 
     ``a``: lattice parameter; None takes the structure's ``info["a"]`` (else 2.504 Å).
     ``cutoff``: neighbour cut-off; 6 Å changes layer charges by < 1e-5 relative to 7 Å
-    (5 Å: 2 %), see docs/analysis.md."""
+    (5 Å: 2 %), see docs/analysis.md. ``convention``: the sign of the matrix element,
+    ``"seed"`` (H_ij = −t, the seed's C2 as written) or ``"slater-koster"`` (H_ij = +t)."""
 
     onsite_B: float = -1.287
     onsite_N: float = -5.393
@@ -64,8 +73,12 @@ class SlaterKoster:
     a: float | None = None
     c: float = DEFAULT_C
     cutoff: float = 6.0
+    convention: str = "seed"
 
     def __post_init__(self):
+        if self.convention not in CONVENTIONS:
+            raise MoireALError(f"tight-binding convention {self.convention!r}: choose from "
+                               f"{', '.join(CONVENTIONS)}")
         for name in ("a", "c", "cutoff"):
             value = getattr(self, name)
             if value is not None and not (np.isfinite(value) and value > 0):
@@ -89,7 +102,8 @@ class SlaterKoster:
     def hopping(self, d: np.ndarray, boron_i: np.ndarray, boron_j: np.ndarray,
                 a: float) -> np.ndarray:
         """H_ij (eV) for separation vectors ``d`` (K, 3) between sites of species
-        (``boron_i``, ``boron_j``: bool arrays)."""
+        (``boron_i``, ``boron_j``: bool arrays): ∓t(r) of (C3) for ``convention``
+        seed / slater-koster."""
         k = self.decay(a)
         a_bn = a / math.sqrt(3.0)
         r = np.linalg.norm(d, axis=1)
@@ -98,7 +112,8 @@ class SlaterKoster:
                       np.where(~boron_i & ~boron_j, self.gamma1_NN, self.gamma1_BN))
         v_sigma = g1 * np.exp(k * (self.c - r))
         v_pi = self.gamma0 * np.exp(k * (a_bn - r))
-        return n2 * v_sigma + (1.0 - n2) * v_pi
+        t = n2 * v_sigma + (1.0 - n2) * v_pi
+        return -t if self.convention == "seed" else t
 
     def as_dict(self) -> dict:
         return asdict(self)
