@@ -105,7 +105,7 @@ def main(argv=None):
     ap.add_argument("--initial", type=int, default=10)
     ap.add_argument("--test-fraction", type=float, default=0.2)
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--order", type=int, default=3)
+    ap.add_argument("--order", type=int, default=None, help="default: the model's")
     ap.add_argument("--totaldegree", type=int, default=None, help="default: the model's (docs/model.md)")
     ap.add_argument("-o", "--output", default="benchmarks/out/learning.png")
     args = ap.parse_args(argv)
@@ -129,10 +129,12 @@ def main(argv=None):
     data = {h: labelled[h] for h in hashes if h not in test_h}
     print(f"{labeller.description}: {len(pool)} structures ({len(data)} candidates, {len(test)} test), "
           f"read in {time.perf_counter() - t0:.1f} s")
-    from moire_al.models.ace import default_totaldegree
+    from moire_al.models.ace import default_order, default_totaldegree
 
-    degree = args.totaldegree or default_totaldegree({int(z) for at in pool for z in at.numbers})
-    model_params = {"order": args.order, "totaldegree": degree, "d3": labeller.d3_included}
+    species = {int(z) for at in pool for z in at.numbers}
+    order = args.order or default_order(species)
+    degree = args.totaldegree or default_totaldegree(species, order)
+    model_params = {"order": order, "totaldegree": degree, "d3": labeller.d3_included}
     seeds = [int(s) for s in args.seeds.split(",")]
     curves = {}
     for seed in seeds:
@@ -141,7 +143,7 @@ def main(argv=None):
             curves[(seed, s)] = run(s, data, initial, test, args.rounds, args.batch, seed, model_params)
 
     figures = {"data": args.data, "labels": labeller.description, "n_candidates": len(data),
-               "n_test": len(test), "basis": [args.order, degree], "seeds": {}}
+               "n_test": len(test), "basis": [order, degree], "seeds": {}}
     print(f"\n{'seed':>4} {'labels':>7} " + " ".join(f"{s:>12}" for s in STRATEGIES))
     ratios = []
     for seed in seeds:

@@ -70,14 +70,24 @@ def training_set_hash(atoms_list) -> str:
     return hashlib.sha256("".join(sorted(keys)).encode()).hexdigest()[:24]
 
 
-def default_totaldegree(elements) -> int:
-    """The default total degree (order 3) for a set of species, chosen against DFT by
-    benchmarks/accuracy.py (docs/model.md): for graphene, degree 16 (L = 684): on the CP2K
-    set (99 structures, multilayers weighted 3x) its held-out bilayer force RMSE is 0.041
-    eV/Å against 0.061 at degree 14 (L = 397) and 0.151 at degree 10 (L = 120), at ~1.3x
-    the cost per atom of degree 14; order 4 / degree 16 (L = 1,461) overfitted the set.
-    Two species keep degree 10 (L = 1,408 already)."""
-    return 16 if len(set(elements)) == 1 else 10
+def default_order(elements) -> int:
+    """The default correlation order: 3 for one species, 2 for two or more (hBN: at the
+    same size order 2 / degree 12 beat order 3 on every multilayer figure of the CP2K set,
+    docs/model.md)."""
+    return 3 if len(set(elements)) == 1 else 2
+
+
+def default_totaldegree(elements, order: int | None = None) -> int:
+    """The default total degree, chosen against DFT by benchmarks/accuracy.py (docs/model.md).
+    One species (graphene): 16 (order 3: L = 684; held-out bilayer force RMSE 0.041 eV/Å on
+    the CP2K set at 99 structures, multilayers weighted 3x, against 0.061 at degree 14 and
+    0.151 at degree 10; order 4 / degree 16 overfitted). Two or more species (hBN): 12 at
+    order 2 (L = 612; bilayers 0.076, quad/penta 0.24 eV/Å on the 100-structure set, against
+    0.103 / 0.74 at order 3 / degree 10, L = 1,408), 10 at order 3 or more."""
+    order = default_order(elements) if order is None else int(order)
+    if len(set(elements)) == 1:
+        return 16
+    return 12 if order <= 2 else 10
 
 
 #: ``atoms.info`` key of a per-structure weight: it multiplies all rows of that structure
@@ -103,10 +113,11 @@ class ACEModel:
     ----------
     elements : chemical symbols or atomic numbers; None = the species of the training data.
     order, totaldegree, rcut, wL : ACE basis (correlation order, total degree, cutoff Å,
-        l-weight of the degree). ``totaldegree=None`` (default) takes
-        :func:`default_totaldegree` of the training species when fitting: 16 for one
-        species (graphene: 684 functions, chosen on the CP2K set by benchmarks/accuracy.py,
-        docs/model.md), 10 for two or more (hBN: 1,408 functions).
+        l-weight of the degree). ``None`` (default) takes :func:`default_order` and
+        :func:`default_totaldegree` of the training species when fitting: order 3 / degree
+        16 for one species (graphene: 684 functions), order 2 / degree 12 for two or more
+        (hBN: 612 functions), both chosen on the CP2K sets by benchmarks/accuracy.py
+        (docs/model.md).
     committee_size : K posterior samples.
     weights : {"E": per-atom energy weight, "F": force weight, "V": per-atom virial weight}.
     multilayer_weight : factor on every row of a structure with two or more layers
@@ -120,7 +131,7 @@ class ACEModel:
     seed : committee seed.
     """
 
-    def __init__(self, elements=None, order: int = 3, totaldegree: int | None = None, rcut: float = 5.5,
+    def __init__(self, elements=None, order: int | None = None, totaldegree: int | None = None, rcut: float = 5.5,
                  committee_size: int = 32, weights: dict | None = None, d3: bool = True, seed: int = 0,
                  wL: float = 1.5, prior_power: float = 2.0, multilayer_weight: float = 3.0):
         self.elements = elements
@@ -155,8 +166,8 @@ class ACEModel:
             return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
 
         for k in ("order", "totaldegree", "committee_size"):
-            if k == "totaldegree" and params.get(k, 0) is None:
-                continue  # None: the default degree for the species
+            if k in ("order", "totaldegree") and params.get(k, 0) is None:
+                continue  # None: the default order / degree for the species
             if k in params and not (is_int(params[k]) and params[k] >= 1):
                 raise ModelError(f"ACEModel hyperparameter {k!r} must be a positive integer, got {params[k]!r}")
         for k in ("rcut", "wL", "prior_power", "multilayer_weight"):
@@ -223,8 +234,10 @@ class ACEModel:
         if not atoms_list:
             raise ModelError("fit: no training structures")
         zs = self._resolve_elements(atoms_list)
+        if self.order is None:
+            self.order = default_order(zs)
         if self.totaldegree is None:
-            self.totaldegree = default_totaldegree(zs)
+            self.totaldegree = default_totaldegree(zs, self.order)
         for k, at in enumerate(atoms_list):
             validate_labelled(at, k, zs)
         return atoms_list, zs
@@ -252,7 +265,7 @@ class ACEModel:
 
     def fit_plan(self, atoms_list) -> dict:
         """Validate, build the basis and fit E0 (composition least squares of all per-atom
-        energies, D3 removed where needed). Returns ``{"elements", "totaldegree", "E0"}``
+        energies, D3 removed where needed). Returns ``{"elements", "order", "totaldegree", "E0"}``
         (JSON-able): with
         them a shard's :meth:`normal_equations` needs only its own structures."""
         atoms_list, zs = self._validated(atoms_list)
@@ -265,12 +278,14 @@ class ACEModel:
         comp = np.array([self._composition(at) for at in atoms_list])
         nat = comp.sum(1)
         self.E0_ = np.linalg.lstsq(comp / nat[:, None], energies / nat, rcond=None)[0]
-        return {"elements": list(zs), "totaldegree": int(self.totaldegree), "E0": [float(x) for x in self.E0_]}
+        return {"elements": list(zs), "order": int(self.order), "totaldegree": int(self.totaldegree),
+                "E0": [float(x) for x in self.E0_]}
 
     def set_plan(self, plan: dict) -> "ACEModel":
         """Take a :meth:`fit_plan` result computed elsewhere (a shard)."""
         zs = tuple(int(z) for z in plan["elements"])
-        self.totaldegree = int(plan.get("totaldegree") or self.totaldegree or default_totaldegree(zs))
+        self.order = int(plan.get("order") or self.order or default_order(zs))
+        self.totaldegree = int(plan.get("totaldegree") or self.totaldegree or default_totaldegree(zs, self.order))
         self._build_basis(zs)
         self.E0_ = np.asarray(plan["E0"], float)
         return self

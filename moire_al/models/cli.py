@@ -27,7 +27,8 @@ def register(subparsers) -> None:
     p.add_argument("train", help="labelled training structures (extxyz with REF_energy, REF_forces, ...)")
     p.add_argument("--test", help="labelled test structures")
     p.add_argument("-o", "--output", required=True, help="model directory to write")
-    p.add_argument("--order", type=int, default=3)
+    p.add_argument("--order", type=int, default=None,
+                   help="correlation order (default: 3 for one species, 2 for more; docs/model.md)")
     p.add_argument("--totaldegree", type=int, default=None,
                    help="ACE total degree (default: 14 for one species, 10 for more; docs/model.md)")
     p.add_argument("--rcut", type=float, default=5.5)
