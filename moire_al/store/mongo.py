@@ -224,6 +224,11 @@ class Store:
         return self.labels.find_one({"key": key}, {"_id": 0})
 
     @_retrying
+    def label_keys_present(self, keys) -> set:
+        """Which of ``keys`` have a stored label."""
+        return set(self.labels.distinct("key", {"key": {"$in": list(keys)}}))
+
+    @_retrying
     def put_label(self, record: dict, **extra) -> bool:
         """Insert a label record; False when that label key is already stored."""
         from pymongo.errors import DuplicateKeyError

@@ -223,7 +223,7 @@ def training_labels(store: Store, settings: LoopSettings, loop_id: str, round_: 
     :func:`fit_round` fits them (the shards of a sharded round fit take these)."""
     hashes = store.member_hashes(loop_id, role="pool", selected=True, upto_round=round_)
     keys = _label_keys(store, settings, hashes)
-    have = set(store.labels.distinct("key", {"key": {"$in": keys}}))
+    have = store.label_keys_present(keys)
     pairs = [(h, k) for h, k in zip(hashes, keys) if k in have]
     return [h for h, _ in pairs], [k for _, k in pairs]
 
