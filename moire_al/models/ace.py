@@ -121,7 +121,7 @@ class ACEModel:
     committee_size : K posterior samples.
     weights : {"E": per-atom energy weight, "F": force weight, "V": per-atom virial weight}.
     multilayer_weight : factor on every row of a structure with two or more layers
-        (``info["n_layers"]``, else :func:`moire_al.geometry.layer_count`), on top of its
+        (:func:`moire_al.geometry.layer_count`), on top of its
         ``info["fit_weight"]``. The default 3 favours the multilayers the potential exists
         for over heavily rattled monolayers, which a linear basis follows less well: on the
         CP2K graphene set it took the held-out bilayer force RMSE from 0.061 to 0.041 eV/Å
