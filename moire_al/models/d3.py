@@ -253,10 +253,11 @@ class D3Evaluator:
     """
 
     def __init__(self, cutoff: float = DISP_CUTOFF, cn_cutoff: float = CN_CUTOFF, skin: float = 1.0,
-                 method: str = "pbe", chain_cutoff: float = CHAIN_CUTOFF):
+                 method: str = "pbe", chain_cutoff: float = CHAIN_CUTOFF, threads: int | None = None):
         from . import native
 
         self.cutoff, self.cn_cutoff, self.skin = float(cutoff), float(cn_cutoff), float(skin)
+        self.threads = default_threads() if threads is None else max(1, int(threads))
         self.chain_cutoff = min(float(chain_cutoff), self.cn_cutoff)
         try:
             self.params = _bj_params(method)
@@ -329,7 +330,8 @@ class D3Evaluator:
             ctypes.c_int(d["maxref"]), iptr(d["nref"]), dptr(d["refcn"]), dptr(d["c6"]), dptr(d["r4r2"]),
             dptr(d["rcov"]), ctypes.c_double(p["s6"]), ctypes.c_double(p["s8"]), ctypes.c_double(p["a1"]),
             ctypes.c_double(p["a2"]), ctypes.c_double(self.cutoff / Bohr), ctypes.c_double(self.cn_cutoff / Bohr),
-            ctypes.c_double(self.chain_cutoff / Bohr), dptr(en), dptr(grad), dptr(sig), dptr(cn))
+            ctypes.c_double(self.chain_cutoff / Bohr), dptr(en), dptr(grad), dptr(sig), dptr(cn),
+            ctypes.c_int(self.threads))
         if rc:
             _fail(rc, name)
         self.last_stats["calls"] += 1
@@ -342,17 +344,27 @@ class D3Evaluator:
         return energy, forces, stress
 
 
+def default_threads() -> int:
+    """OpenMP threads of the kernel: the cores this process may run on."""
+    import os
+
+    return max(1, len(os.sched_getaffinity(0)))
+
+
 def _fail(status, name):
+    if status == 3:
+        raise ModelError(f"structure {name or '?'}: D3: an element has more than 5 reference CNs or the structure more than 8 elements")
     if status == 1:
         raise ModelError(f"structure {name or '?'}: D3: the periodic cell is singular")
     raise ModelError(f"structure {name or '?'}: D3: two atoms sit on top of each other")
 
 
 def kernel_results(atoms, name: str = "", cutoff: float = DISP_CUTOFF, cn_cutoff: float = CN_CUTOFF,
-                   method: str = "pbe", chain_cutoff: float = CHAIN_CUTOFF):
+                   method: str = "pbe", chain_cutoff: float = CHAIN_CUTOFF, threads: int | None = None):
     """(energy, forces, stress or None) from the compiled kernel with the given cutoffs (Å),
     building a fresh pair list (no skin)."""
-    return D3Evaluator(cutoff, cn_cutoff, skin=0.0, method=method, chain_cutoff=chain_cutoff).results(atoms, name)
+    return D3Evaluator(cutoff, cn_cutoff, skin=0.0, method=method, chain_cutoff=chain_cutoff,
+                       threads=threads).results(atoms, name)
 
 
 def _voigt(s):
