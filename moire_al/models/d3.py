@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 #: cutoff is worse: 5e-4 at 15 Å), at ~60 % of the pairs.
 DISP_CUTOFF = 25.0
 CN_CUTOFF = 40 * 0.52917721090380
+#: Threads of the kernel (they split the atoms; any count gives the same numbers to 1e-12).
+#: One: on this project's 2 cores, shared with the CP2K runs, 2 threads were 1.1-1.4x
+#: slower per MD step than 1 (docs/benchmarks.md); pass ``threads=2`` on idle cores.
+THREADS = 1
 #: Pairs farther than this (Å) count in the CN but not in its chain rule (dCN/dr < 1e-6 /Å):
 #: the CN *values* need the long cutoff (C6 shifts all pairs), their gradient does not.
 CHAIN_CUTOFF = 10.0
@@ -257,7 +261,7 @@ class D3Evaluator:
         from . import native
 
         self.cutoff, self.cn_cutoff, self.skin = float(cutoff), float(cn_cutoff), float(skin)
-        self.threads = default_threads() if threads is None else max(1, int(threads))
+        self.threads = THREADS if threads is None else max(1, int(threads))
         self.chain_cutoff = min(float(chain_cutoff), self.cn_cutoff)
         try:
             self.params = _bj_params(method)
@@ -342,13 +346,6 @@ class D3Evaluator:
         if pbc.all() and atoms.cell.rank == 3:
             stress = _voigt(sig * Hartree / abs(np.linalg.det(atoms.cell.array)))
         return energy, forces, stress
-
-
-def default_threads() -> int:
-    """OpenMP threads of the kernel: the cores this process may run on."""
-    import os
-
-    return max(1, len(os.sched_getaffinity(0)))
 
 
 def _fail(status, name):

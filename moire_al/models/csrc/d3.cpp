@@ -2,16 +2,16 @@
 //
 // Written for moire-al (layered cells of ~10^3 atoms with a 15-30 Å cutoff, where the
 // pair search, not the physics, is the cost):
-//  * periodic images become ghost atoms (owner, integer lattice shift), sorted into a
-//    Cartesian cell list once; a list built with a skin serves later geometries (MD,
-//    relaxation) unchanged: each call moves the ghosts with their owners and visits, per
-//    atom, the rows of bins within the cutoff + skin of its position at the build;
-//  * no pair list is stored: each atom sums over the contiguous ghosts of its bin rows
-//    (a full list: every pair twice, once from each side, so an atom only adds to its own
-//    energy, gradient, dE/dCN and virial: no scatter, threads need no reduction and give
-//    the same bits for any thread count), as SIMD loops over structure-of-arrays ghost
-//    data (positions, the owner's weights and dE/dCN), the counting function's exp a
-//    vectorisable polynomial;
+//  * periodic images become ghost atoms (owner, integer lattice shift), sorted once into
+//    bins on a grid in fractional coordinates; a list built with a skin serves later
+//    geometries (MD, relaxation) unchanged: each call moves the ghosts with their owners
+//    and visits, per atom, the bins within the cutoff + skin of its position at the build;
+//  * no pair list is stored: each atom sums over the contiguous ghosts of the bin rows of
+//    its half stencil (every pair once: see d3_list_new), as SIMD loops over
+//    structure-of-arrays ghost data (positions, the owner's weights and dE/dCN), the
+//    neighbour's side of each pair summed per ghost and folded into its owner after the
+//    pass; the counting function's exp is a vectorisable polynomial;
+//  * threads split the atoms (fixed chunks), each with its own ghost sums;
 //  * the coordination numbers, the dispersion and the CN chain rule each visit their own
 //    cutoff;
 //  * C6(CN_i, CN_j) = w_i^T C6ref w_j with per-atom Gaussian weights w, computed once
