@@ -6,10 +6,12 @@ from labels that hold it, and the GPAW labeller adds it to its DFT results.
 
 Two backends give the same two-body D3(BJ) (no three-body term):
 
-* ``kernel`` (default): our compiled loop (``csrc/d3.cpp``), ~10x faster than the library
-  on a layered cell, whose cost is the pair list (a 15 Å sphere holds ~500 neighbours).
-  It visits each pair once, counts coordination numbers within their own short cutoff
-  and evaluates C6(CN_i, CN_j) from per-atom Gaussian weights. Its data are Grimme's
+* ``kernel`` (default): our compiled loop (``csrc/d3.cpp``), ~20x faster than the library
+  per MD step on a layered cell (docs/benchmarks.md), whose cost is the neighbour sum (a
+  25 Å sphere holds ~2,000 neighbours in a bilayer). It keeps ghost atoms in fractional
+  bins and visits each pair once in SIMD loops over contiguous ghosts, counts
+  coordination numbers within their own cutoff and evaluates C6(CN_i, CN_j) from
+  per-atom Gaussian weights. Its data are Grimme's
   reference C6 table as shipped in CP2K's ``dftd3.dat`` (Debian ``cp2k-data``;
   ``$MOIRE_AL_D3_TABLE`` points elsewhere), the BJ parameters from ``dftd3``'s own
   ``parameters.toml``; <r⁴>/<r²> and the covalent radii of the counting function are read
@@ -36,9 +38,11 @@ from moire_al.errors import ModelError
 log = logging.getLogger(__name__)
 
 #: Dispersion and coordination-number cutoffs of the kernel backend, Å. dftd3's own are
-#: 60 and 40 bohr (31.75, 21.17 Å). 25 Å keeps forces within 1e-4 eV/Å of dftd3 on a cell
-#: rattled by 0.1 Å (the error scales with the force: 2e-4 at 20 Å there; a shorter CN
-#: cutoff is worse: 5e-4 at 15 Å), at ~60 % of the pairs.
+#: 60 and 40 bohr (31.75, 21.17 Å). Measured against dftd3 (max force error, bilayer
+#: graphene rattled by 0.1 Å): dispersion 22.5 / 25 / 27.5 / 31.75 Å give 1.3e-4 / 7.3e-5 /
+#: 3.6e-5 / 9e-7 eV/Å at the full CN cutoff; the CN sum needs its full 21.17 Å (19 / 17 Å:
+#: 1.2e-4 / 1.7e-4; its counting function tends to exp(-16), not 0, so dftd3's CN cutoff
+#: is part of its result); the chain rule's cutoff 8 vs 10 Å moves forces by < 5e-6 eV/Å.
 DISP_CUTOFF = 25.0
 CN_CUTOFF = 40 * 0.52917721090380
 #: Threads of the kernel (they split the atoms; any count gives the same numbers to 1e-12).
