@@ -343,6 +343,69 @@ def test_neb_finetune_workflow_labels_the_images_refits_and_runs_the_neb_again(g
     assert launchpad.get_fw_ids(count_only=True) == n
 
 
+def _neb_case(gcalc, tmp_path, **settings):
+    """The 27-atom vacancy case above: (train file's structures, settings)."""
+    import ase.io
+
+    from moire_al.analysis.neb import vacancy_endpoints
+    from moire_al.structures import twisted_bilayer
+    from moire_al.workflows.settings import NebFinetuneSettings
+    import synthetic as S
+
+    vac = []
+    for k in range(6):
+        a = vacancy_endpoints(twisted_bilayer("graphene", m=1))[k % 2]
+        a.positions += np.random.default_rng(k).normal(0, 0.05, a.positions.shape)
+        vac.append(a)
+    train = S.label(S.random_set("graphene", 8, seed=3, n=3, layers=(2,), rattle=(0.0, 0.05)) + vac, gcalc)
+    ase.io.write(tmp_path / "train.xyz", train, format="extxyz")
+    return train, NebFinetuneSettings(m=1, labeller="reference", train_file=str(tmp_path / "train.xyz"),
+                                      model={"order": 2, "totaldegree": 6, "committee_size": 8},
+                                      neb={"n_images": 1, "fmax": 0.1, "steps": 20, "relax_fmax": 0.1},
+                                      finetune_id="nf", **settings)
+
+
+def test_neb_finetune_rounds_label_each_new_path_and_check_the_model_before(gcalc, launchpad, tmp_path,
+                                                                            monkeypatch):
+    """rounds = 2: round 1 labels the path of round 0's fine-tuned model (its labels check
+    that model's barrier), refits from that model on the union, runs the NEB again."""
+    from moire_al.store.mongo import Store
+    from moire_al.workflows.builders import neb_finetune_workflow
+
+    monkeypatch.chdir(tmp_path)
+    train, s = _neb_case(gcalc, tmp_path, rounds=2, barrier_tol=0.0)
+    launchpad.add_wf(neb_finetune_workflow(s))
+    _run(launchpad)
+    assert launchpad.get_fw_ids({"state": "COMPLETED"}, count_only=True) == 6 + 3 + 1 + 1
+    store = Store.from_launchpad(launchpad)
+    r0, r1 = store.get_finetune("nf"), store.get_finetune("nf-r1")
+    assert r0.round == 0 and r0.next_finetune_id == "nf-r1" and r0.converged is False
+    assert r1.round == 1 and r1.model_id == "nf-model" and r1.new_model_id == "nf-r1-model"
+    assert r1.task == r0.path_after and r1.barrier_before == pytest.approx(r0.barrier_after)
+    assert r1.n_train == len(train) + r0.n_task                    # round 0's task labels join the training set
+    e = []
+    for im in store.get_structures(r1.task):                      # the labels along round 0's after path
+        im.calc = gcalc
+        e.append(im.get_potential_energy())
+    assert r1.barrier_labels == pytest.approx(max(e) - e[0], abs=1e-6)
+    assert r1.converged == (abs(r1.barrier_before - r1.barrier_labels) <= 0.0) and r1.next_finetune_id is None
+    assert np.isfinite(r1.barrier_after) and len(r1.path_after) == 3
+
+
+def test_neb_finetune_stops_when_the_model_matches_its_labels(gcalc, launchpad, tmp_path, monkeypatch):
+    from moire_al.store.mongo import Store
+    from moire_al.workflows.builders import neb_finetune_workflow
+
+    monkeypatch.chdir(tmp_path)
+    _, s = _neb_case(gcalc, tmp_path, rounds=3, barrier_tol=100.0)
+    launchpad.add_wf(neb_finetune_workflow(s))
+    _run(launchpad)
+    assert launchpad.get_fw_ids({"state": "COMPLETED"}, count_only=True) == 6    # one round: converged
+    doc = Store.from_launchpad(launchpad).get_finetune("nf")
+    assert doc.converged is True and doc.next_finetune_id is None
+    assert launchpad.db["finetunes"].count_documents({}) == 1
+
+
 def test_neb_finetune_parameters_are_checked(launchpad, launchpad_file, capsys):
     from moire_al.cli import main
     from moire_al.errors import SettingsError
@@ -367,3 +430,7 @@ def test_neb_finetune_parameters_are_checked(launchpad, launchpad_file, capsys):
         NebFinetuneSettings.from_dict({"cell": 2})
     with pytest.raises(SettingsError, match="'m'"):
         NebFinetuneSettings.from_dict({"m": 0})
+    with pytest.raises(SettingsError, match="'rounds'"):
+        NebFinetuneSettings.from_dict({"rounds": 0})
+    with pytest.raises(SettingsError, match="'barrier_tol'"):
+        NebFinetuneSettings.from_dict({"barrier_tol": "small"})

@@ -239,7 +239,8 @@ def labelled_binding_curves(structures, window: float = 0.3) -> dict:
     2-atom monolayer in the same cell (``info["stacking"] == "monolayer"``) for
     E_b = [E(d) − 2 E_mono] / 4. When every cell carries the same ``info["grid_dz"]``
     (the DFT code's real-space grid spacing along z, Å), the minima are fitted with
-    the egg-box term of that period (:func:`fit_minimum`), centred on a first fit. Result keys: ``curves`` (stacking → {``d``, ``e_bind``
+    the egg-box term of that period (:func:`fit_minimum`), centred on a first fit.
+    Result keys: ``curves`` (stacking → {``d``, ``e_bind``
     eV/atom, or ``e`` eV/atom without a monolayer}), ``equilibrium`` (stacking →
     :func:`fit_minimum`), ``stacking_energy_meV`` (E_min − E_min of the lowest),
     ``labeller``, ``a``."""

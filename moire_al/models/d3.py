@@ -354,7 +354,8 @@ class D3Evaluator:
 
 def _fail(status, name):
     if status == 3:
-        raise ModelError(f"structure {name or '?'}: D3: an element has more than 5 reference CNs or the structure more than 8 elements")
+        raise ModelError(f"structure {name or '?'}: D3: an element has more than 5 reference CNs "
+                         "or the structure more than 8 elements")
     if status == 1:
         raise ModelError(f"structure {name or '?'}: D3: the periodic cell is singular")
     raise ModelError(f"structure {name or '?'}: D3: two atoms sit on top of each other")

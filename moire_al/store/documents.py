@@ -122,6 +122,10 @@ class FinetuneDoc(_Doc):
     barrier_before: float | None = None         # eV
     barrier_after: float | None = None          # eV
     barrier_labels: float | None = None         # eV: max label energy − image 0's, on the before path
+    round: int | None = None                    # NEB workflow: the round (0: the base model's path)
+    path_after: list | None = None              # NEB workflow: structure hashes of the after path's images
+    next_finetune_id: str | None = None         # NEB workflow: the round that labels path_after
+    converged: bool | None = None               # NEB workflow: |barrier_before − barrier_labels| <= barrier_tol
     created: _dt.datetime | None = None
     finished: _dt.datetime | None = None
     wall_time: float | None = None              # s, of the refit step

@@ -156,9 +156,10 @@ def neb_before(store: Store, s: NebFinetuneSettings, finetune_id: str, workdir) 
     return neb_before(store, s, finetune_id, workdir)
 
 
-def neb_after(store: Store, s: NebFinetuneSettings, finetune_id: str, workdir) -> FinetuneDoc:
-    """The NEB again with the fine-tuned model; barrier before/after and the labels'
-    own barrier along the base model's path, in the job's document."""
+def neb_after(store: Store, s: NebFinetuneSettings, finetune_id: str, workdir, round_: int = 0) -> FinetuneDoc:
+    """The NEB again with the fine-tuned model; barrier before/after, the labels' own
+    barrier along the path before (the check of the model before: ``converged``) and the
+    after path's images (the next round's task), in the job's document."""
     from moire_al.labelling import get_labeller
     from moire_al.models import ACEModel
 
@@ -169,9 +170,11 @@ def neb_after(store: Store, s: NebFinetuneSettings, finetune_id: str, workdir) -
         raise NotFoundError(f"NEB fine-tuning {finetune_id}: no fine-tuned model stored")
     with tempfile.TemporaryDirectory() as tmp:
         model = ACEModel.load(store.get_model_dir(doc.new_model_id, tmp))
-    res = _neb(s, model, doc.new_model_id, workdir)
+    images: list = []
+    res = _neb(s, model, doc.new_model_id, workdir, images)
+    path_after = store.put_structures(images)
     store.put_analysis({"analysis": "neb_vacancy", "model_id": doc.new_model_id, "finetune_id": finetune_id,
-                        "stage": "after", "material": s.material, "result": res, "error": None,
+                        "stage": "after", "round": round_, "material": s.material, "result": res, "error": None,
                         "launch_dir": str(workdir), "created": utcnow()})
     labeller = get_labeller(s.labeller, s.labeller_settings)
     images = store.get_structures(doc.task)
@@ -182,10 +185,46 @@ def neb_after(store: Store, s: NebFinetuneSettings, finetune_id: str, workdir) -
 
         e = [a.info[REF_ENERGY] for a in labelled]
         barrier_labels = float(max(e) - e[0])
+    converged = None
+    if barrier_labels is not None and doc.barrier_before is not None:
+        converged = abs(float(doc.barrier_before) - barrier_labels) <= float(s.barrier_tol)
     upd = FinetuneDoc(finetune_id=finetune_id, neb_after=res, barrier_after=res["barrier"],
-                      barrier_labels=barrier_labels)
+                      barrier_labels=barrier_labels, round=round_, path_after=path_after, converged=converged)
     store.put_finetune(upd)
     return store.get_finetune(finetune_id)
+
+
+def round_id(finetune_id: str, round_: int) -> str:
+    """The fine-tuning id of round ``round_`` of the NEB workflow whose round 0 is ``finetune_id``."""
+    return finetune_id if round_ == 0 else f"{finetune_id}-r{round_}"
+
+
+def next_round(store: Store, s: NebFinetuneSettings, doc: FinetuneDoc, done: FinetuneSettings,
+               round_: int) -> FinetuneSettings | None:
+    """The fine-tuning of round ``round_ + 1`` after ``doc`` (round ``round_``, refitted with
+    ``done``), or None when the workflow stops: ``s.rounds`` reached, or the model before
+    this round already matched its path's labels (``doc.converged``). Its task is this
+    round's after path; its base model this round's new model; its training set the
+    previous one + this round's task labels. Its document is stored (the path before =
+    this round's after path)."""
+    from moire_al.labelling import get_labeller
+
+    if round_ + 1 >= s.rounds or doc.converged or not doc.path_after or not doc.new_model_id:
+        return None
+    labeller = get_labeller(s.labeller, s.labeller_settings)
+    keys = [key_of(labeller, a) for a in store.get_structures(done.task)]
+    have = store.label_keys_present(keys)
+    train = [list(p) for p in done.train] + [[h, k] for h, k in zip(done.task, keys) if k in have]
+    base_id = doc.finetune_id[: -len(f"-r{round_}")] if round_ else doc.finetune_id
+    fid = round_id(base_id, round_ + 1)
+    nxt = FinetuneSettings(model_id=doc.new_model_id, task=list(doc.path_after), train=train, test=list(done.test),
+                           labeller=s.labeller, labeller_settings=s.labeller_settings, chunk_size=done.chunk_size,
+                           finetune_id=fid, name=f"{s.name or 'NEB fine-tuning'} (round {round_ + 1})")
+    store.put_finetune(FinetuneDoc(finetune_id=fid, model_id=doc.new_model_id, task=list(doc.path_after),
+                                   neb_before=doc.neb_after, barrier_before=doc.barrier_after, round=round_ + 1,
+                                   created=utcnow()))
+    store.put_finetune(FinetuneDoc(finetune_id=doc.finetune_id, next_finetune_id=fid))
+    return nxt
 
 
 # ------------------------------------------------------------------ Firetasks
@@ -216,7 +255,7 @@ class NebFinetuneTask(FiretaskBase):
     ``after`` (the NEB with the fine-tuned model)."""
 
     required_params = ["params", "stage"]
-    optional_params = ["finetune_id"]
+    optional_params = ["finetune_id", "finetune", "round"]
 
     def run_task(self, fw_spec):
         from moire_al.workflows.builders import finetune_branch, fw_query
@@ -224,13 +263,21 @@ class NebFinetuneTask(FiretaskBase):
         s = NebFinetuneSettings.from_dict(self["params"])
         fid = self.get("finetune_id") or s.finetune_id or f"neb-{s.material}-{getattr(self, 'fw_id', 0)}"
         store = _store(self)
-        if self["stage"] == "after":
-            doc = neb_after(store, s, fid, os.getcwd())
-            return FWAction(stored_data={"finetune_id": fid, "barrier_before": doc.barrier_before,
-                                         "barrier_after": doc.barrier_after, "barrier_labels": doc.barrier_labels})
-        ft = neb_before(store, s, fid, os.getcwd())
         lp = getattr(self, "launchpad", None)
-        if lp is not None and lp.fireworks.count_documents(fw_query(step="finetune", finetune_id=fid)):
-            return FWAction(stored_data={"finetune_id": fid, "branch": "exists"})
-        return FWAction(additions=finetune_branch(ft, fid, neb=s),
-                        stored_data={"finetune_id": fid, "n_images": len(ft.task)})
+
+        def branch(ft: FinetuneSettings, branch_id: str, round_: int, data: dict) -> FWAction:
+            if lp is not None and lp.fireworks.count_documents(fw_query(step="finetune", finetune_id=branch_id)):
+                return FWAction(stored_data={**data, "branch": "exists"})    # a rerun adds no second branch
+            return FWAction(additions=finetune_branch(ft, branch_id, neb=s, round_=round_), stored_data=data)
+
+        if self["stage"] == "after":
+            k = int(self.get("round") or 0)
+            doc = neb_after(store, s, fid, os.getcwd(), round_=k)
+            data = {"finetune_id": fid, "round": k, "barrier_before": doc.barrier_before,
+                    "barrier_after": doc.barrier_after, "barrier_labels": doc.barrier_labels,
+                    "converged": doc.converged}
+            done = self.get("finetune")
+            nxt = next_round(store, s, doc, FinetuneSettings.from_dict(done), k) if done else None
+            return FWAction(stored_data=data) if nxt is None else branch(nxt, nxt.finetune_id, k + 1, data)
+        ft = neb_before(store, s, fid, os.getcwd())
+        return branch(ft, fid, 0, {"finetune_id": fid, "n_images": len(ft.task)})

@@ -245,7 +245,11 @@ class NebFinetuneSettings:
     """Seed 003's fine-tuning example as one workflow: a base model fitted on the
     labels of ``train_file`` (replayed), a vacancy NEB in the twisted bilayer
     (``m``, ``r``) with it, the images labelled, the model refitted on the union,
-    the NEB again with the new model."""
+    the NEB again with the new model. ``rounds`` > 1 repeats label → refit → NEB on
+    each new path (round k's task: the images of round k−1's NEB; its labels give the
+    labeller's barrier along that path, the check of the previous model), until
+    ``rounds`` or until the model's barrier on a path agrees with its labels' to
+    ``barrier_tol`` eV."""
 
     material: str = "graphene"
     m: int = 2                                  # twisted bilayer cell: m = 2, r = 1 is 76 atoms (75 with the vacancy)
@@ -256,11 +260,18 @@ class NebFinetuneSettings:
     model: dict = field(default_factory=dict)      # ACEModel hyperparameters of the base model
     neb: dict = field(default_factory=lambda: {"n_images": 3, "fmax": 0.05, "steps": 300, "relax_fmax": 0.01})
     seed: int = 0
+    rounds: int = 1                             # label → refit → NEB rounds at most
+    barrier_tol: float = 0.05                   # eV: stop when a model's barrier matches its path's labels
     finetune_id: str = ""
     name: str = ""
 
     def __post_init__(self) -> None:
         what = "NEB fine-tuning"
+        if not _is_int(self.rounds) or self.rounds < 1:
+            raise SettingsError(f"{what} parameter 'rounds': must be a positive integer")
+        if isinstance(self.barrier_tol, bool) or not isinstance(self.barrier_tol, (int, float)) \
+                or not self.barrier_tol >= 0:
+            raise SettingsError(f"{what} parameter 'barrier_tol': must be a number >= 0 (eV)")
         if self.material not in MATERIALS:
             raise SettingsError(f"{what} parameter 'material': {self.material!r} is not one of {MATERIALS}")
         for name in ("m", "r"):
