@@ -220,6 +220,10 @@ class _Graph:
 class ACEBasis:
     """A frozen ace-jax ACE basis with design-row and committee evaluation."""
 
+    #: evaluate r models as the force rows times C (the path before the committee kernel;
+    #: benchmarks/model.py compares the two)
+    score_by_rows = False
+
     def __init__(self, elements, order=3, totaldegree=10, rcut=5.5, wL=1.5):
         self.elements = tuple(sorted(int(z) for z in elements))
         self.order, self.totaldegree, self.rcut, self.wL = int(order), int(totaldegree), float(rcut), float(wL)
@@ -323,6 +327,17 @@ class ACEBasis:
 
     # ------------------------------------------------------------------ compiled rows
     @property
+    def threads(self) -> int:
+        """Threads of the compiled kernels: ``threads_`` if set, else ``$MOIRE_AL_THREADS``,
+        else the cores this process may use. Results do not depend on it beyond round-off
+        (the rows of 2 threads equal 1 thread's to ~1e-15; the edge factors bit for bit)."""
+        if getattr(self, "threads_", None):
+            return int(self.threads_)
+        from moire_al.config import environment
+
+        return environment().threads or len(os.sched_getaffinity(0))
+
+    @property
     def native(self) -> bool:
         """True when the compiled row kernel (``csrc/ace_rows.cpp``) builds here; else the
         JAX rows serve."""
@@ -333,6 +348,7 @@ class ACEBasis:
 
                 self._lib = native.load("ace_rows")
                 self._lib.ace_rows.restype = ctypes.c_int
+                self._lib.ace_committee.restype = ctypes.c_int
                 self._plan = self._native_plan()
                 self._native_ok = True
             except ModelError as exc:
@@ -422,14 +438,16 @@ class ACEBasis:
             c(E), dp(np.ascontiguousarray(v, float)), ip(pz), dp(rt), dp(re), c(re.shape[-1]), dp(rW), c(n_rnl),
             dp(rA), dp(rB), dp(rC), c(len(rA)), dp(pt), dp(pe), c(pe.shape[-1]), c(kind), dp(pW), c(n_pair),
             dp(pA), dp(pB), dp(pC), c(len(pA)), c(m.lmax), c(int(m.ysolid)),
-            dp(R), dp(dR), dp(Rp), dp(dRp), dp(Y), dp(dY))
+            dp(R), dp(dR), dp(Rp), dp(dRp), dp(Y), dp(dY), c(self.threads))
         return R, dR, Rp, dRp, Y, dY
 
-    def _native_rows(self, g: _Graph, stress: bool = True):
-        """(PsiE (L,), PsiF (3n, L), S (3, 3, L) or None) from the compiled kernel; S is the
-        unsymmetrised Σ ∂X/∂v_a v_b, as in :meth:`structure_rows`."""
+    def _native_inputs(self, g: _Graph) -> list:
+        """The ctypes arguments the row and committee kernels share: the structure's edges,
+        their factors and the coupling plan (arrays kept alive in the list's tail)."""
         if not self.native:
             raise ModelError("the compiled ACE rows are unavailable on this machine (see the log)")
+        from .native import dptr as dp, iptr as ip
+
         P = self._plan
         v = np.ascontiguousarray(g.rij[g.mask])
         counts = g.mask.sum(axis=1)
@@ -437,23 +455,47 @@ class ACEBasis:
         nbr = np.ascontiguousarray(g.idx[g.mask], np.int32)
         R, dR, Rp, dRp, Y, dY = self._edge_factors(v, g.node_z[centre], g.node_z[nbr])
         off = np.ascontiguousarray(np.concatenate([[0], np.cumsum(counts)]), np.int32)
+        zc = np.ascontiguousarray(g.node_z, np.int32)
+        nY = Y.shape[1] if Y.ndim == 2 else 0
+        c = ctypes.c_int
+        args = [c(g.n), ip(off), ip(nbr), dp(v), ip(zc), c(self.D), c(self.L), c(R.shape[1]), dp(R), dp(dR),
+                c(Rp.shape[1]), dp(Rp), dp(dRp), c(nY), dp(Y), dp(dY),
+                c(P["n_A"]), ip(P["ar"]), ip(P["ay"]), c(len(P["aa_off"]) - 1), ip(P["aa_off"]), ip(P["aa_fac"]),
+                c(len(P["t_row"])), ip(P["t_row"]), ip(P["t_col"]), dp(P["t_val"]), c(len(P["u_b"])),
+                ip(P["u_b"]), ip(P["u_a"]), ip(P["u_off"]), ip(P["e_src"]), dp(P["e_val"])]
+        return args, (v, nbr, off, zc, R, dR, Rp, dRp, Y, dY)
+
+    def _native_rows(self, g: _Graph, stress: bool = True):
+        """(PsiE (L,), PsiF (3n, L), S (3, 3, L) or None) from the compiled kernel; S is the
+        unsymmetrised Σ ∂X/∂v_a v_b, as in :meth:`structure_rows`."""
+        from .native import dptr as dp
+
+        args, _keep = self._native_inputs(g)
         PsiE = np.zeros(self.L)
         PsiF = np.zeros((3 * g.n, self.L))
         S = np.zeros((3, 3, self.L)) if stress and g.volume is not None else None
-        from .native import dptr as dp, iptr as ip
-
-        nY = Y.shape[1] if Y.ndim == 2 else 0
-        status = self._lib.ace_rows(
-            ctypes.c_int(g.n), ip(off), ip(nbr), dp(v), ip(np.ascontiguousarray(g.node_z, np.int32)),
-            ctypes.c_int(self.D), ctypes.c_int(self.L), ctypes.c_int(R.shape[1]), dp(R), dp(dR),
-            ctypes.c_int(Rp.shape[1]), dp(Rp), dp(dRp), ctypes.c_int(nY), dp(Y), dp(dY),
-            ctypes.c_int(P["n_A"]), ip(P["ar"]), ip(P["ay"]), ctypes.c_int(len(P["aa_off"]) - 1),
-            ip(P["aa_off"]), ip(P["aa_fac"]), ctypes.c_int(len(P["t_row"])), ip(P["t_row"]), ip(P["t_col"]),
-            dp(P["t_val"]), ctypes.c_int(len(P["u_b"])), ip(P["u_b"]), ip(P["u_a"]), ip(P["u_off"]),
-            ip(P["e_src"]), dp(P["e_val"]), dp(PsiE), dp(PsiF), dp(S) if S is not None else None)
+        status = self._lib.ace_rows(*args, dp(PsiE), dp(PsiF), dp(S), ctypes.c_int(self.threads))
         if status:
             raise ModelError("two atoms coincide (an edge of zero length)")
         return PsiE, PsiF, S
+
+    def _native_committee(self, g: _Graph, C: np.ndarray, stress: bool = True):
+        """(PsiE (L,), F (3n, r), S (3, 3, r) or None) of r linear models C (L, r) from the
+        compiled kernel without the force rows: per site dB/dA is contracted with C first
+        (n_A x r), then with the edge derivatives of A (the committee's scoring)."""
+        from .native import dptr as dp
+
+        args, _keep = self._native_inputs(g)
+        C = np.ascontiguousarray(C, float)
+        r = C.shape[1]
+        PsiE = np.zeros(self.L)
+        F = np.zeros((3 * g.n, r))
+        S = np.zeros((3, 3, r)) if stress and g.volume is not None else None
+        status = self._lib.ace_committee(*args, dp(C), ctypes.c_int(r), dp(PsiE), dp(F), dp(S),
+                                         ctypes.c_int(self.threads))
+        if status:
+            raise ModelError("two atoms coincide (an edge of zero length)")
+        return PsiE, F, S
 
     # ------------------------------------------------------------------ design rows
     def structure_rows(self, atoms, name="", graph: _Graph | None = None, native: bool | None = None):
@@ -508,20 +550,26 @@ class ACEBasis:
 
         C: (L, r) coefficients in our layout (column 0 is usually the posterior mean,
         the others committee members). One basis evaluation serves all r models: with the
-        compiled kernel (``native``, default when available) the design rows of
-        :meth:`structure_rows` times C, one matrix product (the committee's scoring);
-        else the JAX per-edge gradients of the r models.
+        compiled kernel (``native``, default when available) per site dB/dA times C, then
+        the edge derivatives of A (``ace_committee``: the force rows are never formed; the
+        committee's scoring), or with ``score_by_rows`` the rows of :meth:`structure_rows`
+        times C; else the JAX per-edge gradients of the r models.
         """
         g = graph or self.graph(atoms, name)
         C = np.asarray(C, float)
         if C.ndim == 1:
             C = C[:, None]
         r = C.shape[1]
-        if self.native if native is None else native:
+        if (self.native if native is None else native) and self.score_by_rows:
             PsiE, PsiF, S = self._native_rows(g, stress)
             F = (PsiF @ C).reshape(g.n, 3, r).transpose(2, 0, 1)
             PsiS = self._voigt_rows(S, g) if stress else None
             return PsiE @ C, F, None if PsiS is None else (PsiS @ C).T
+        if self.native if native is None else native:
+            PsiE, Fc, S = self._native_committee(g, C, stress)
+            F = Fc.reshape(g.n, 3, r).transpose(2, 0, 1)
+            PsiS = self._voigt_rows(S, g) if stress else None
+            return PsiE @ C, F, None if PsiS is None else PsiS.T
         Cz = C.reshape(self.NZ, self.D, r)
         CB = jnp.asarray(Cz[:, : self.n_B])
         CP = jnp.asarray(Cz[:, self.n_B:])

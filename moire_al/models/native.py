@@ -26,6 +26,8 @@ from moire_al.errors import ModelError
 SRC_DIR = Path(__file__).with_name("csrc")
 FLAGS = ("-O3", "-std=c++17", "-fPIC", "-shared", "-fno-math-errno")
 KERNELS = ("d3", "ace_rows")
+#: per-kernel flags beside FLAGS (ace_rows starts std::threads)
+EXTRA_FLAGS = {"ace_rows": ("-pthread",)}
 _LOCK = threading.Lock()
 _LOADED: dict = {}
 
@@ -52,7 +54,8 @@ def library_path(name: str) -> Path:
     if cxx is None:
         raise ModelError(f"no C++ compiler to build the {name} kernel (install g++ or set CXX)")
     text = src.read_bytes()
-    key = hashlib.sha256(text + " ".join(FLAGS).encode() + cxx.encode()).hexdigest()[:16]
+    flags = FLAGS + EXTRA_FLAGS.get(name, ())
+    key = hashlib.sha256(text + " ".join(flags).encode() + cxx.encode()).hexdigest()[:16]
     out = cache_dir() / f"lib{name}-{key}.so"
     if out.exists():
         return out
@@ -60,7 +63,7 @@ def library_path(name: str) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
     try:
-        proc = subprocess.run([cxx, *FLAGS, str(src), "-o", tmp], capture_output=True, text=True)
+        proc = subprocess.run([cxx, *flags, str(src), "-o", tmp], capture_output=True, text=True)
         if proc.returncode != 0:
             raise ModelError(f"building the {name} kernel failed: {proc.stderr.strip()[-2000:]}")
         os.replace(tmp, out)
