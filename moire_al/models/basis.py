@@ -215,6 +215,25 @@ class _Graph:
     mask: np.ndarray     # (n, K) live slots
     node_z: np.ndarray   # (n,) species index
     volume: float | None
+    shift: np.ndarray | None = None     # (E, 3) image shift per live edge (edge order of rij[mask])
+
+    def reverse_edges(self) -> np.ndarray | None:
+        """Per live edge (order of ``rij[mask]``) the index of its reverse edge (j -> i, the
+        opposite image shift), or None when the list is not symmetric."""
+        if self.shift is None:
+            return None
+        counts = self.mask.sum(axis=1)
+        i = np.repeat(np.arange(self.n), counts)
+        j = self.idx[self.mask]
+        S = self.shift
+        o1 = np.lexsort((S[:, 2], S[:, 1], S[:, 0], j, i))
+        o2 = np.lexsort((-S[:, 2], -S[:, 1], -S[:, 0], i, j))
+        if not (np.array_equal(i[o1], j[o2]) and np.array_equal(j[o1], i[o2])
+                and np.array_equal(S[o1], -S[o2])):
+            return None
+        rev = np.empty(len(i), np.int64)
+        rev[o2] = o1
+        return rev
 
 
 class ACEBasis:
@@ -282,7 +301,7 @@ class ACEBasis:
         cell = np.asarray(atoms.cell.array, float)
         if not pbc.any():
             cell = np.eye(3) * (np.ptp(pos, axis=0).max() + 2 * self.rcut + 1.0)
-        i, j, Dv = _neighbour_list(pos, cell, pbc, self.rcut)[:3]
+        i, j, Dv, Sv = _neighbour_list(pos, cell, pbc, self.rcut)[:4]
         n = len(atoms)
         counts = np.bincount(i, minlength=n)
         kmax = int(counts.max(initial=1))
@@ -291,7 +310,7 @@ class ACEBasis:
         live = np.arange(K)[None, :] < count[:, None]
         dist = np.where(live[..., None], dist, np.array([self.rcut, 0.0, 0.0]))
         vol = float(abs(np.linalg.det(atoms.cell.array))) if pbc.all() and atoms.cell.rank == 3 else None
-        return _Graph(n, dist, idx, live, node_z, vol)
+        return _Graph(n, dist, idx, live, node_z, vol, np.asarray(Sv, np.int64))
 
     def _chunks(self, g: _Graph):
         """Yield (start, stop, padded arrays) over centre-atom chunks."""
@@ -393,12 +412,13 @@ class ACEBasis:
         return (not m.rtab_grid and m.radial_kind == "analytic" and m.rnl_basis == "poly"
                 and m.pair_radial_kind == "analytic")
 
-    def _edge_factors(self, v, z1, z2):
+    def _edge_factors(self, v, z1, z2, rev=None):
         """Per-edge (R, R', Rpair, Rpair', Y, ∇Y (E, 3, nY)): compiled for ace-jax's analytic
-        radials, else :func:`_edge_kernel` padded and split into few compiled shapes."""
+        radials (``rev``, the reverse edge of each: a pair of the same species pair is
+        computed once), else :func:`_edge_kernel` padded and split into few compiled shapes."""
         E = len(v)
         if self._analytic():
-            return self._native_edge_factors(v, z1, z2)
+            return self._native_edge_factors(v, z1, z2, rev)
         outs = []
         for a in range(0, max(E, 1), EDGE_MAX):
             b = min(a + EDGE_MAX, E)
@@ -415,7 +435,7 @@ class ACEBasis:
             outs.append([np.asarray(x)[:m] for x in res])
         return [np.ascontiguousarray(np.concatenate(x)) for x in zip(*outs)]
 
-    def _native_edge_factors(self, v, z1, z2):
+    def _native_edge_factors(self, v, z1, z2, rev=None):
         from .native import dptr as dp, iptr as ip
 
         m = self.model
@@ -433,12 +453,16 @@ class ACEBasis:
         Rp, dRp = np.empty((E, n_pair)), np.empty((E, n_pair))
         Y, dY = np.empty((E, nY)), np.empty((E, 3, nY))
         pz = np.ascontiguousarray(np.asarray(z1, np.int64) * self.NZ + np.asarray(z2, np.int64), np.int32)
+        src = None
+        if rev is not None:
+            e = np.arange(E)
+            src = np.where((rev < e) & (pz[np.minimum(rev, E - 1)] == pz), rev, -1).astype(np.int32)
         c = ctypes.c_int
         self._lib.ace_edge_factors(
             c(E), dp(np.ascontiguousarray(v, float)), ip(pz), dp(rt), dp(re), c(re.shape[-1]), dp(rW), c(n_rnl),
             dp(rA), dp(rB), dp(rC), c(len(rA)), dp(pt), dp(pe), c(pe.shape[-1]), c(kind), dp(pW), c(n_pair),
             dp(pA), dp(pB), dp(pC), c(len(pA)), c(m.lmax), c(int(m.ysolid)),
-            dp(R), dp(dR), dp(Rp), dp(dRp), dp(Y), dp(dY), c(self.threads))
+            dp(R), dp(dR), dp(Rp), dp(dRp), dp(Y), dp(dY), None if src is None else ip(src), c(self.threads))
         return R, dR, Rp, dRp, Y, dY
 
     def _native_inputs(self, g: _Graph) -> list:
@@ -453,7 +477,7 @@ class ACEBasis:
         counts = g.mask.sum(axis=1)
         centre = np.repeat(np.arange(g.n), counts)
         nbr = np.ascontiguousarray(g.idx[g.mask], np.int32)
-        R, dR, Rp, dRp, Y, dY = self._edge_factors(v, g.node_z[centre], g.node_z[nbr])
+        R, dR, Rp, dRp, Y, dY = self._edge_factors(v, g.node_z[centre], g.node_z[nbr], g.reverse_edges())
         off = np.ascontiguousarray(np.concatenate([[0], np.cumsum(counts)]), np.int32)
         zc = np.ascontiguousarray(g.node_z, np.int32)
         nY = Y.shape[1] if Y.ndim == 2 else 0
