@@ -38,7 +38,8 @@ FORMAT_VERSION = 1
 #: ε of the relative force uncertainty, eV/Å
 FORCE_EPS = 0.2
 DEFAULT_WEIGHTS = {"E": 30.0, "F": 1.0, "V": 1.0}
-#: Design rows per block of the normal equations (one dsyrk each; ~L x 4096 doubles of memory)
+#: Design rows per block of the normal equations (one dsyrk each; ~L x 4096 doubles of memory,
+#: two blocks in flight)
 BLOCK_ROWS = 4096
 
 
@@ -311,10 +312,16 @@ class ACEModel:
         :meth:`set_plan`): weighted design rows of energy (per atom), forces and virial (per
         atom), accumulated per block (``blocks``, default :meth:`fit_blocks`) by a symmetric
         rank-k update (BLAS dsyrk on the upper triangle) and added to the totals with an
-        error-free summation. Memory: O(L²) + one block's rows."""
-        from scipy.linalg.blas import dsyrk
+        error-free summation. Memory: O(L²) + two blocks' rows.
 
-        from .blr import NormalEquations
+        The work is pipelined over the basis' threads (:attr:`ACEBasis.threads`): the rows
+        of a block's structures are computed concurrently, one structure per thread (each
+        with the single-threaded kernel, so its rows are those of a serial fit bit for bit),
+        while the previous block's dsyrk runs without the GIL; the blocks' products and their
+        summation order are the serial fit's, so the result equals it exactly."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from .blr import NormalEquations, syrk_upper
 
         atoms_list = list(atoms_list)
         b = self.basis_
@@ -325,41 +332,58 @@ class ACEModel:
         t_rows = time.perf_counter()
         n_atoms, n_obs = 0, 0
         blocks = self.fit_blocks(atoms_list, block_rows) if blocks is None else blocks
-        for start, stop in blocks:
-            Pws, yws, lw2 = [], [], []
-            for k in range(start, stop):
-                at = atoms_list[k]
-                name = structure_name(at, k)
-                E, F, S = self._targets(at, name)
-                n = len(at)
-                n_atoms += n
-                comp = self._composition(at)
-                PsiE, PsiF, PsiS = b.structure_rows(at, name)
-                ws = _structure_weight(at, name) * (float(self.multilayer_weight) if layer_count(at) >= 2 else 1.0)
-                wE, wF, wV = (ws * float(self.weights[key]) for key in ("E", "F", "V"))
-                Pws.append(wE * np.concatenate([PsiE, comp])[None, :] / n)
-                yws.append(wE * np.array([(E - comp @ self.E0_) / n]))
-                Pws.append(wF * np.concatenate([PsiF, np.zeros((PsiF.shape[0], NZ))], axis=1))
-                yws.append(wF * F.reshape(-1))
-                counts["E"] += 1
-                counts["F"] += F.size
-                lw = 2 * np.log(wE) + F.size * 2 * np.log(wF)
-                if S is not None and PsiS is not None:
-                    vol = abs(np.linalg.det(at.cell.array))
-                    Pws.append(wV * np.concatenate([PsiS, np.zeros((6, NZ))], axis=1) * vol / n)
-                    yws.append(wV * S * vol / n)
-                    counts["V"] += 6
-                    lw += 12 * np.log(wV)
-                lw2.append(lw)
-                if verbose and (k + 1) % 10 == 0:
-                    log.info("rows %d/%d", k + 1, len(atoms_list))
-            Pw = np.concatenate(Pws)
-            yw = np.concatenate(yws)
-            n_obs += len(yw)
-            # upper triangle of PwᵀPw (lower left 0), as (Pwᵀ)(Pwᵀ)ᵀ: Pwᵀ is Fortran-ordered, so
-            # BLAS takes it without the transposed copy a C-ordered trans=1 call makes (1.4-1.7x)
-            AtA = dsyrk(1.0, Pw.T, trans=0, lower=0)
-            neq.add_block(AtA, Pw.T @ yw, float(yw @ yw), float(np.sum(lw2)))
+
+        def rows(k):
+            at = atoms_list[k]
+            return b.structure_rows(at, structure_name(at, k), threads=1)
+
+        def pending_add(fut, Pw, yw, lw2):
+            AtA = fut.result()
+            neq.add_block(AtA, Pw.T @ yw, float(yw @ yw), lw2)
+
+        nthreads = max(1, b.threads)
+        with ThreadPoolExecutor(max_workers=nthreads) as pool, ThreadPoolExecutor(max_workers=1) as blas:
+            prev = None
+            for start, stop in blocks:
+                futs = {k: pool.submit(rows, k) for k in range(start, stop)}
+                Pws, yws, lw2 = [], [], []
+                for k in range(start, stop):
+                    at = atoms_list[k]
+                    name = structure_name(at, k)
+                    E, F, S = self._targets(at, name)
+                    n = len(at)
+                    n_atoms += n
+                    comp = self._composition(at)
+                    PsiE, PsiF, PsiS = futs.pop(k).result()
+                    ws = _structure_weight(at, name) * (float(self.multilayer_weight) if layer_count(at) >= 2 else 1.0)
+                    wE, wF, wV = (ws * float(self.weights[key]) for key in ("E", "F", "V"))
+                    Pws.append(wE * np.concatenate([PsiE, comp])[None, :] / n)
+                    yws.append(wE * np.array([(E - comp @ self.E0_) / n]))
+                    Pws.append(wF * np.concatenate([PsiF, np.zeros((PsiF.shape[0], NZ))], axis=1))
+                    yws.append(wF * F.reshape(-1))
+                    counts["E"] += 1
+                    counts["F"] += F.size
+                    lw = 2 * np.log(wE) + F.size * 2 * np.log(wF)
+                    if S is not None and PsiS is not None:
+                        vol = abs(np.linalg.det(at.cell.array))
+                        Pws.append(wV * np.concatenate([PsiS, np.zeros((6, NZ))], axis=1) * vol / n)
+                        yws.append(wV * S * vol / n)
+                        counts["V"] += 6
+                        lw += 12 * np.log(wV)
+                    lw2.append(lw)
+                    if verbose and (k + 1) % 10 == 0:
+                        log.info("rows %d/%d", k + 1, len(atoms_list))
+                Pw = np.concatenate(Pws)
+                del Pws
+                yw = np.concatenate(yws)
+                n_obs += len(yw)
+                if prev is not None:          # the previous block's dsyrk ran beside these rows
+                    pending_add(*prev)
+                # upper triangle of PwᵀPw (lower left 0), as (Pwᵀ)(Pwᵀ)ᵀ: Pwᵀ is Fortran-ordered,
+                # so BLAS takes it without a transposed copy (1.4-1.7x)
+                prev = (blas.submit(syrk_upper, Pw), Pw, yw, float(np.sum(lw2)))
+            if prev is not None:
+                pending_add(*prev)
         neq.n_obs, neq.counts, neq.n_structures, neq.n_atoms = n_obs, counts, len(atoms_list), n_atoms
         neq.time_rows_s = time.perf_counter() - t_rows
         return neq

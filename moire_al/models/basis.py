@@ -412,13 +412,13 @@ class ACEBasis:
         return (not m.rtab_grid and m.radial_kind == "analytic" and m.rnl_basis == "poly"
                 and m.pair_radial_kind == "analytic")
 
-    def _edge_factors(self, v, z1, z2, rev=None):
+    def _edge_factors(self, v, z1, z2, rev=None, threads: int | None = None):
         """Per-edge (R, R', Rpair, Rpair', Y, ∇Y (E, 3, nY)): compiled for ace-jax's analytic
         radials (``rev``, the reverse edge of each: a pair of the same species pair is
         computed once), else :func:`_edge_kernel` padded and split into few compiled shapes."""
         E = len(v)
         if self._analytic():
-            return self._native_edge_factors(v, z1, z2, rev)
+            return self._native_edge_factors(v, z1, z2, rev, threads)
         outs = []
         for a in range(0, max(E, 1), EDGE_MAX):
             b = min(a + EDGE_MAX, E)
@@ -435,7 +435,7 @@ class ACEBasis:
             outs.append([np.asarray(x)[:m] for x in res])
         return [np.ascontiguousarray(np.concatenate(x)) for x in zip(*outs)]
 
-    def _native_edge_factors(self, v, z1, z2, rev=None):
+    def _native_edge_factors(self, v, z1, z2, rev=None, threads: int | None = None):
         from .native import dptr as dp, iptr as ip
 
         m = self.model
@@ -462,10 +462,11 @@ class ACEBasis:
             c(E), dp(np.ascontiguousarray(v, float)), ip(pz), dp(rt), dp(re), c(re.shape[-1]), dp(rW), c(n_rnl),
             dp(rA), dp(rB), dp(rC), c(len(rA)), dp(pt), dp(pe), c(pe.shape[-1]), c(kind), dp(pW), c(n_pair),
             dp(pA), dp(pB), dp(pC), c(len(pA)), c(m.lmax), c(int(m.ysolid)),
-            dp(R), dp(dR), dp(Rp), dp(dRp), dp(Y), dp(dY), None if src is None else ip(src), c(self.threads))
+            dp(R), dp(dR), dp(Rp), dp(dRp), dp(Y), dp(dY), None if src is None else ip(src),
+            c(threads or self.threads))
         return R, dR, Rp, dRp, Y, dY
 
-    def _native_inputs(self, g: _Graph) -> list:
+    def _native_inputs(self, g: _Graph, threads: int | None = None) -> list:
         """The ctypes arguments the row and committee kernels share: the structure's edges,
         their factors and the coupling plan (arrays kept alive in the list's tail)."""
         if not self.native:
@@ -477,7 +478,8 @@ class ACEBasis:
         counts = g.mask.sum(axis=1)
         centre = np.repeat(np.arange(g.n), counts)
         nbr = np.ascontiguousarray(g.idx[g.mask], np.int32)
-        R, dR, Rp, dRp, Y, dY = self._edge_factors(v, g.node_z[centre], g.node_z[nbr], g.reverse_edges())
+        R, dR, Rp, dRp, Y, dY = self._edge_factors(v, g.node_z[centre], g.node_z[nbr], g.reverse_edges(),
+                                                   threads)
         off = np.ascontiguousarray(np.concatenate([[0], np.cumsum(counts)]), np.int32)
         zc = np.ascontiguousarray(g.node_z, np.int32)
         nY = Y.shape[1] if Y.ndim == 2 else 0
@@ -489,16 +491,16 @@ class ACEBasis:
                 ip(P["u_b"]), ip(P["u_a"]), ip(P["u_off"]), ip(P["e_src"]), dp(P["e_val"])]
         return args, (v, nbr, off, zc, R, dR, Rp, dRp, Y, dY)
 
-    def _native_rows(self, g: _Graph, stress: bool = True):
+    def _native_rows(self, g: _Graph, stress: bool = True, threads: int | None = None):
         """(PsiE (L,), PsiF (3n, L), S (3, 3, L) or None) from the compiled kernel; S is the
         unsymmetrised Σ ∂X/∂v_a v_b, as in :meth:`structure_rows`."""
         from .native import dptr as dp
 
-        args, _keep = self._native_inputs(g)
+        args, _keep = self._native_inputs(g, threads)
         PsiE = np.zeros(self.L)
         PsiF = np.zeros((3 * g.n, self.L))
         S = np.zeros((3, 3, self.L)) if stress and g.volume is not None else None
-        status = self._lib.ace_rows(*args, dp(PsiE), dp(PsiF), dp(S), ctypes.c_int(self.threads))
+        status = self._lib.ace_rows(*args, dp(PsiE), dp(PsiF), dp(S), ctypes.c_int(threads or self.threads))
         if status:
             raise ModelError("two atoms coincide (an edge of zero length)")
         return PsiE, PsiF, S
@@ -522,17 +524,19 @@ class ACEBasis:
         return PsiE, F, S
 
     # ------------------------------------------------------------------ design rows
-    def structure_rows(self, atoms, name="", graph: _Graph | None = None, native: bool | None = None):
+    def structure_rows(self, atoms, name="", graph: _Graph | None = None, native: bool | None = None,
+                       threads: int | None = None):
         """Design rows of one structure in our column layout.
 
         Returns (PsiE (L,), PsiF (3n, L) ordered atom-major (x,y,z per atom),
         PsiS (6, L) Voigt stress rows (ASE sign, eV/Å³ per unit coefficient) or None
         when the structure is not 3D periodic). ``native`` (default: when available)
-        takes them from the compiled kernel, else from the JAX edge Jacobian.
+        takes them from the compiled kernel (on ``threads``, default :attr:`threads`), else
+        from the JAX edge Jacobian.
         """
         g = graph or self.graph(atoms, name)
         if self.native if native is None else native:
-            PsiE, PsiF, S = self._native_rows(g)
+            PsiE, PsiF, S = self._native_rows(g, threads=threads)
             return PsiE, PsiF, self._voigt_rows(S, g)
         L, D = self.L, self.D
         PsiE = np.zeros(L)
