@@ -367,7 +367,6 @@ class ACEBasis:
 
                 self._lib = native.load("ace_rows")
                 self._lib.ace_rows.restype = ctypes.c_int
-                self._lib.ace_committee.restype = ctypes.c_int
                 self._plan = self._native_plan()
                 self._native_ok = True
             except ModelError as exc:
@@ -500,7 +499,8 @@ class ACEBasis:
         PsiE = np.zeros(self.L)
         PsiF = np.zeros((3 * g.n, self.L))
         S = np.zeros((3, 3, self.L)) if stress and g.volume is not None else None
-        status = self._lib.ace_rows(*args, dp(PsiE), dp(PsiF), dp(S), ctypes.c_int(threads or self.threads))
+        status = self._lib.ace_rows(*args, None, ctypes.c_int(0), dp(PsiE), dp(PsiF), dp(S),
+                                    ctypes.c_int(threads or self.threads))
         if status:
             raise ModelError("two atoms coincide (an edge of zero length)")
         return PsiE, PsiF, S
@@ -517,8 +517,8 @@ class ACEBasis:
         PsiE = np.zeros(self.L)
         F = np.zeros((3 * g.n, r))
         S = np.zeros((3, 3, r)) if stress and g.volume is not None else None
-        status = self._lib.ace_committee(*args, dp(C), ctypes.c_int(r), dp(PsiE), dp(F), dp(S),
-                                         ctypes.c_int(self.threads))
+        status = self._lib.ace_rows(*args, dp(C), ctypes.c_int(r), dp(PsiE), dp(F), dp(S),
+                                    ctypes.c_int(self.threads))
         if status:
             raise ModelError("two atoms coincide (an edge of zero length)")
         return PsiE, F, S
@@ -579,7 +579,7 @@ class ACEBasis:
         C: (L, r) coefficients in our layout (column 0 is usually the posterior mean,
         the others committee members). One basis evaluation serves all r models: with the
         compiled kernel (``native``, default when available) per site dB/dA times C, then
-        the edge derivatives of A (``ace_committee``: the force rows are never formed; the
+        the edge derivatives of A (``ace_rows`` given C: the force rows are never formed; the
         committee's scoring), or with ``score_by_rows`` the rows of :meth:`structure_rows`
         times C; else the JAX per-edge gradients of the r models.
         """

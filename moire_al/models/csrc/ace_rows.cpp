@@ -12,8 +12,11 @@
 //   PsiE[col]            += X_d
 //   PsiF[(i*3 + c)*L+col] += dX_d/dv_s,c ; PsiF[(j*3 + c)*L+col] -= dX_d/dv_s,c  (F = -dE/dr)
 //   S[(a*3 + b)*L + col]  += dX_d/dv_s,a v_s,b   (the caller symmetrises and divides by V)
-// The force rows are -sum_i dB_i/dr_j: the same per-atom basis derivatives serve the fit's
-// rows and the committee's forces (rows times the coefficient matrix).
+// The force rows are -sum_i dB_i/dr_j. Given r coefficient vectors C (L, r), the same
+// kernel returns the r models' forces without forming the rows: per site
+// M = (dB/dA)^T C_z (n_A, r), then T = dA^T M per edge, scattered like J (the committee).
+// Threads: edge factors over edge ranges, sites over contiguous ranges with per-thread
+// outputs added in thread order (deterministic for a thread count).
 //
 // The per-edge factors R, R' (radial, n_rnl), Rp, Rp' (pair radial), Y, grad Y (real solid or
 // spherical harmonics, index l*l+l+m) are either given (R != nullptr: computed by the caller,
@@ -543,8 +546,10 @@ int max_degree(const Edges& g) {
 
 extern "C" {
 
-// The design rows of one structure: energy row PsiE (L), force rows PsiF (3n, L), the
-// unsymmetrised virial rows S (9, L) or NULL, on nt threads over sites.
+// One structure. C == NULL: the design rows, energy row PsiE (L), force rows out = PsiF
+// (3n, L), the unsymmetrised virial rows S (9, L) or NULL. Else, for r linear models C
+// (L, r): PsiE (L), their force components out = F (3n, r) and unsymmetrised virials S
+// (9, r) or NULL, without the force rows (the committee's scoring). nt threads over sites.
 // Returns 0, or 1 when an edge has zero length.
 int ace_rows(int n, const int* off, const int* nbr, const double* v, const int* zc, int D, int L,
              int n_rnl, const double* R, const double* dR, int n_pair, const double* Rp, const double* dRp,
@@ -552,33 +557,16 @@ int ace_rows(int n, const int* off, const int* nbr, const double* v, const int* 
              int n_A, const int* ar, const int* ay, int n_AA, const int* aa_off, const int* aa_fac,
              int n_t, const int* t_row, const int* t_col, const double* t_val,
              int n_u, const int* u_b, const int* u_a, const int* u_off, const int* e_src, const double* e_val,
-             double* PsiE, double* PsiF, double* S, int nt) {
+             const double* C, int r, double* PsiE, double* out, double* S, int nt) {
   const Edges g{n, off, nbr, v, zc, D, L, n_rnl, R, dR, n_pair, Rp, dRp, nY, Y, dY};
   const Plan p{n_A, ar, ay, n_AA, aa_off, aa_fac, n_t, t_row, t_col, t_val, n_u, u_b, u_a, u_off, e_src, e_val};
   const int kmax = max_degree(g);
+  const size_t width = C ? (size_t)r : (size_t)L;
   nt = std::max(1, std::min(nt, n));
-  return run_threads(g, nt, {{PsiE, (size_t)L}, {PsiF, (size_t)3 * n * L}, {S, (size_t)9 * L}},
+  return run_threads(g, nt, {{PsiE, (size_t)L}, {out, 3 * (size_t)n * width}, {S, 9 * width}},
                      [&](int i0, int i1, const std::vector<double*>& o) {
-                       return rows_range(g, p, kmax, i0, i1, o[0], o[1], o[2]);
-                     });
-}
-
-// The energy rows PsiE (L) and, for r linear models C (L, r), their force components F
-// (3n, r) and unsymmetrised virials Sv (9, r) or NULL, without the force rows (scoring).
-int ace_committee(int n, const int* off, const int* nbr, const double* v, const int* zc, int D, int L,
-                  int n_rnl, const double* R, const double* dR, int n_pair, const double* Rp, const double* dRp,
-                  int nY, const double* Y, const double* dY,
-                  int n_A, const int* ar, const int* ay, int n_AA, const int* aa_off, const int* aa_fac,
-                  int n_t, const int* t_row, const int* t_col, const double* t_val,
-                  int n_u, const int* u_b, const int* u_a, const int* u_off, const int* e_src, const double* e_val,
-                  const double* C, int r, double* PsiE, double* F, double* Sv, int nt) {
-  const Edges g{n, off, nbr, v, zc, D, L, n_rnl, R, dR, n_pair, Rp, dRp, nY, Y, dY};
-  const Plan p{n_A, ar, ay, n_AA, aa_off, aa_fac, n_t, t_row, t_col, t_val, n_u, u_b, u_a, u_off, e_src, e_val};
-  const int kmax = max_degree(g);
-  nt = std::max(1, std::min(nt, n));
-  return run_threads(g, nt, {{PsiE, (size_t)L}, {F, (size_t)3 * n * r}, {Sv, (size_t)9 * r}},
-                     [&](int i0, int i1, const std::vector<double*>& o) {
-                       return committee_range(g, p, kmax, i0, i1, C, r, o[0], o[1], o[2]);
+                       return C ? committee_range(g, p, kmax, i0, i1, C, r, o[0], o[1], o[2])
+                                : rows_range(g, p, kmax, i0, i1, o[0], o[1], o[2]);
                      });
 }
 
