@@ -134,8 +134,12 @@ def test_committee_scoring_compiled_equals_todays_path(monkeypatch):
     model = ACEModel(order=2, totaldegree=6, committee_size=8, d3=False).fit(train)
     cands = S.random_set("graphene", 3, seed=5, n=3, rattle=(0.05, 0.15))
     assert model.basis_.native
+    model.basis_.threads_ = 2                  # two candidates at a time
     rel, sig = committee_scores(model, cands)
     p_new = model.predict_one(cands[0], committee=True, stress=True, d3=False)
+    model.basis_.threads_ = 1                  # the candidates one after the other
+    np.testing.assert_array_equal(committee_scores(model, cands)[1], sig)
+    model.basis_.threads_ = None
     monkeypatch.setattr(model.basis_, "score_by_rows", True)     # the compiled rows times C
     rel_r, sig_r = committee_scores(model, cands)
     np.testing.assert_allclose(sig, sig_r, rtol=1e-8, atol=0)

@@ -505,20 +505,20 @@ class ACEBasis:
             raise ModelError("two atoms coincide (an edge of zero length)")
         return PsiE, PsiF, S
 
-    def _native_committee(self, g: _Graph, C: np.ndarray, stress: bool = True):
+    def _native_committee(self, g: _Graph, C: np.ndarray, stress: bool = True, threads: int | None = None):
         """(PsiE (L,), F (3n, r), S (3, 3, r) or None) of r linear models C (L, r) from the
         compiled kernel without the force rows: per site dB/dA is contracted with C first
         (n_A x r), then with the edge derivatives of A (the committee's scoring)."""
         from .native import dptr as dp
 
-        args, _keep = self._native_inputs(g)
+        args, _keep = self._native_inputs(g, threads)
         C = np.ascontiguousarray(C, float)
         r = C.shape[1]
         PsiE = np.zeros(self.L)
         F = np.zeros((3 * g.n, r))
         S = np.zeros((3, 3, r)) if stress and g.volume is not None else None
         status = self._lib.ace_rows(*args, dp(C), ctypes.c_int(r), dp(PsiE), dp(F), dp(S),
-                                    ctypes.c_int(self.threads))
+                                    ctypes.c_int(threads or self.threads))
         if status:
             raise ModelError("two atoms coincide (an edge of zero length)")
         return PsiE, F, S
@@ -573,7 +573,7 @@ class ACEBasis:
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, atoms, C: np.ndarray, name="", graph: _Graph | None = None, stress=True,
-                 native: bool | None = None):
+                 native: bool | None = None, threads: int | None = None):
         """Energies (r,), forces (r, n, 3), stresses (r, 6) or None of r linear models.
 
         C: (L, r) coefficients in our layout (column 0 is usually the posterior mean,
@@ -589,12 +589,12 @@ class ACEBasis:
             C = C[:, None]
         r = C.shape[1]
         if (self.native if native is None else native) and self.score_by_rows:
-            PsiE, PsiF, S = self._native_rows(g, stress)
+            PsiE, PsiF, S = self._native_rows(g, stress, threads)
             F = (PsiF @ C).reshape(g.n, 3, r).transpose(2, 0, 1)
             PsiS = self._voigt_rows(S, g) if stress else None
             return PsiE @ C, F, None if PsiS is None else (PsiS @ C).T
         if self.native if native is None else native:
-            PsiE, Fc, S = self._native_committee(g, C, stress)
+            PsiE, Fc, S = self._native_committee(g, C, stress, threads)
             F = Fc.reshape(g.n, 3, r).transpose(2, 0, 1)
             PsiS = self._voigt_rows(S, g) if stress else None
             return PsiE @ C, F, None if PsiS is None else PsiS.T
