@@ -85,6 +85,7 @@ def main(argv=None) -> int:
     h.add_argument("--test-every", type=int, default=100, help="MD steps between test frames (after as many)")
     h.add_argument("--halve-temperature", type=float, default=300.0)
     h.add_argument("--halve-seeds", type=int, default=1)
+    h.add_argument("--threads", type=int, default=2, help="CP2K OpenMP threads (a run option: not in the label key)")
     h.add_argument("--halve-steps", type=int, default=300, help="max MD steps per exploration run")
     h.add_argument("--tolerance", type=float, default=0.3,
                    help="trigger: max relative force uncertainty (0.3; at 0.15 both modes fire within the ramp)")
@@ -178,7 +179,7 @@ class _Labels:
             self.labeller = get_labeller("dataset", {"path": path})
             self.cache = None
         else:
-            self.labeller = get_labeller(self.name)
+            self.labeller = get_labeller(self.name, {"omp_threads": args.threads} if self.name == "cp2k" else {})
             self.cache = LabelCache(os.path.join(args.out, f"labels-{self.name}.extxyz"))
         self.workdir = os.path.join(args.out, f"runs-{self.name}")
         self.failures = 0
@@ -196,12 +197,14 @@ class _Labels:
         """The labelled copy of ``atoms``, or None when its label failed."""
         from moire_al.conventions import structure_hash
         from moire_al.labelling.base import LabelFailure
+        from moire_al.labelling.cache import as_stored
 
         if self.replay_dft is not None and structure_hash(atoms) in self.replay_dft.index:
             return self.replay_dft.label(atoms).apply_to(atoms)
         if self.cache is None:
             out = self.labeller.label(atoms)
-            out = out if isinstance(out, LabelFailure) else out.apply_to(atoms)
+            # as the cache returns it, so a replay goes on with the numbers the live run had
+            out = out if isinstance(out, LabelFailure) else as_stored(out.apply_to(atoms))
         else:
             out = self.cache.label(self.labeller, atoms, self.workdir)
         if isinstance(out, LabelFailure):

@@ -355,6 +355,11 @@ def test_neb_finetune_parameters_are_checked(launchpad, launchpad_file, capsys):
     assert main(["loop", ready, "-l", str(launchpad_file)]) == 0
     (fw_id,) = launchpad.get_fw_ids()
     assert launchpad.get_fw_by_id(fw_id).spec["_tasks"][0]["params"]["labeller"] == "cp2k"
+    # --set overrides the file's values in the stored Firework (and keeps the others)
+    assert main(["loop", ready, "-l", str(launchpad_file), "--set", "m=3", "--set",
+                 'labeller_settings={"omp_threads": 1}']) == 0
+    params = launchpad.get_fw_by_id(max(launchpad.get_fw_ids())).spec["_tasks"][0]["params"]
+    assert params["m"] == 3 and params["labeller_settings"] == {"omp_threads": 1} and params["r"] == 1
 
     with pytest.raises(SettingsError, match="'neb'"):
         NebFinetuneSettings.from_dict({"neb": {"images": 3}})

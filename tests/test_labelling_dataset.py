@@ -125,6 +125,21 @@ def test_pool_from_file_strips_labels_and_filters_layers(dft_slice):
         pool_from_file(dft_slice, layers=[7])
 
 
+def test_pool_from_a_file_without_layer_data_counts_layers_from_geometry(tmp_path):
+    from moire_al.structures.lattice import multilayer
+
+    plain = []
+    for stacking in ("A", "AB", "ABC"):
+        at = multilayer("graphene", stacking, n=2)
+        at = ase.Atoms(at.get_chemical_symbols(), at.positions, cell=at.cell, pbc=True)  # no layer array, no info
+        plain.append(at)
+    f = tmp_path / "user.xyz"
+    ase.io.write(f, plain, format="extxyz")
+    pool = pool_from_file(f)
+    assert [a.info["n_layers"] for a in pool] == [1, 2, 3]
+    assert [a.info["n_layers"] for a in pool_from_file(f, layers=[2, 3])] == [2, 3]
+
+
 def test_fixed_test_split_ignores_order_and_seed():
     hashes = [f"h{i:03d}" for i in range(40)]
     a = fixed_test_split(hashes, 8)

@@ -84,7 +84,38 @@ def populate(lp: LaunchPad) -> int:
          "created": created + dt.timedelta(days=1), "threshold": 0.1},
     ])
     db.rounds.insert_many(fake_rounds(LOOP))
+    populate_finetunes(db)
     return ids[-1]
+
+
+FINETUNE = "neb-graphene-7"
+FINETUNE_PENDING = "strain-hbn-2"
+
+
+def _table(f_all: float, f_bi: float) -> dict:
+    return {"2": {"n_structures": 5, "E_meV_per_atom": 10 * f_bi, "F_eV_per_A": f_bi},
+            "all": {"n_structures": 5, "E_meV_per_atom": 10 * f_all, "F_eV_per_A": f_all}}
+
+
+def populate_finetunes(db) -> None:
+    """A finished NEB fine-tuning job and one still labelling, through the store."""
+    from moire_al.store.documents import FinetuneDoc
+    from moire_al.store.mongo import Store
+
+    store = Store(db)
+    x = [0.0, 0.7, 1.4, 2.1, 2.8]
+    store.put_finetune(FinetuneDoc(
+        finetune_id=FINETUNE, model_id="base-1", new_model_id="tuned-1", labeller="cp2k",
+        labels="CP2K PBE+D3(BJ) (DFT)", task=["h1", "h2", "h3", "h4", "h5"], n_task=4, n_failed=1,
+        failed_keys=["hash-cp2k-dead"], n_train=120, test_set="test",
+        task_before=_table(0.4321, 0.4), task_after=_table(0.0987, 0.09),
+        test_before=_table(0.2, 0.19), test_after=_table(0.21, 0.2), forgetting_F_ratio=1.05,
+        neb_before={"energies_rel": [0, 0.9, 1.6, 0.9, 0], "path_coordinate": x, "barrier": 1.6},
+        neb_after={"energies_rel": [0, 0.8, 1.3, 0.8, 0], "path_coordinate": x, "barrier": 1.3},
+        barrier_before=1.6, barrier_after=1.3, barrier_labels=1.25,
+        created=dt.datetime(2025, 3, 2, 9, 0, 0)))
+    store.put_finetune(FinetuneDoc(finetune_id=FINETUNE_PENDING, model_id="base-2", labeller="cp2k",
+                                   task=["s1", "s2"], created=dt.datetime(2025, 3, 3, 9, 0, 0)))
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +205,32 @@ def test_loop_with_zero_rounds_and_unknown_loop(client):
         assert png.status_code == 200 and png.data.startswith(b"\x89PNG")
     assert client.get("/learning/no-such-loop").status_code == 404
     assert client.get("/learning/no-such-loop/parity.png").status_code == 404
+
+
+def test_finetune_pages_show_errors_before_and_after_and_the_neb(client):
+    index = client.get("/learning").get_data(as_text=True)
+    assert "fine-tuning jobs (2)" in index
+    r = client.get("/learning/finetunes")
+    assert r.status_code == 200
+    html = r.get_data(as_text=True)
+    assert f'href="/learning/finetunes/{FINETUNE}"' in html and f'href="/learning/finetunes/{FINETUNE_PENDING}"' in html
+    assert "0.4321 &rarr; 0.0987" in html               # task force RMSE before -> after
+    assert "1.600 &rarr; 1.300 (1.250)" in html         # NEB barrier before -> after (labels)
+    assert "labelling / refit pending" in html and "finished" in html
+
+    page = client.get(f"/learning/finetunes/{FINETUNE}").get_data(as_text=True)
+    assert "tuned-1" in page and "hash-cp2k-dead" in page and "1 failed" in page
+    assert page.count("&rarr;") >= 4 and "0.0900" in page     # the bilayer row after
+    assert f'src="/learning/finetunes/{FINETUNE}/neb.png"' in page
+    png = client.get(f"/learning/finetunes/{FINETUNE}/neb.png")
+    assert png.status_code == 200 and png.data.startswith(b"\x89PNG") and len(png.data) > 5000
+    data = client.get(f"/learning/finetunes/{FINETUNE}/json").get_json()
+    assert data["barrier_after"] == 1.3 and data["task_after"]["all"]["F_eV_per_A"] == 0.0987
+
+    pending = client.get(f"/learning/finetunes/{FINETUNE_PENDING}").get_data(as_text=True)
+    assert "no-errors" in pending and "plot-neb" not in pending
+    assert client.get(f"/learning/finetunes/{FINETUNE_PENDING}/neb.png").data.startswith(b"\x89PNG")
+    assert client.get("/learning/finetunes/no-such-job").status_code == 404
 
 
 def test_empty_database(db_server):
@@ -306,6 +363,9 @@ def test_browser_dashboard_images_load(webgui, tmp_path):
         assert 'data-loaded="yes"' in tag, f"{name} plot did not load: {tag}"
     index = chromium(tmp_path, f"{base}/learning")
     assert LOOP in index
+    job = chromium(tmp_path, f"{base}/learning/finetunes/{FINETUNE}")
+    tag = job[job.index('id="plot-neb"'):].split(">", 1)[0]
+    assert 'data-loaded="yes"' in tag, f"NEB plot did not load: {tag}"
 
 
 class _CdnJquery:

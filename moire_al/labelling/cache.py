@@ -19,6 +19,21 @@ def atomic_write(path, images) -> None:
     os.replace(tmp, path)
 
 
+def as_stored(atoms):
+    """``atoms`` as an extxyz file holds it (positions and labels at the file's precision).
+
+    A run that computes a label and a run that replays it from the file must go on with
+    the same numbers: chaotic MD parts on a difference in the 8th digit."""
+    import io
+
+    import ase.io
+
+    buf = io.StringIO()
+    ase.io.write(buf, atoms, format="extxyz")
+    buf.seek(0)
+    return ase.io.read(buf, format="extxyz")
+
+
 class LabelCache:
     """The labelled structures of ``path`` (extxyz with REF_ keys and ``label_key``)."""
 
@@ -42,14 +57,7 @@ class LabelCache:
         """Add a labelled structure (``LabelRecord.apply_to``'s output), rewrite the file;
         returns it as the file holds it (extxyz precision), so a run that computes a
         label and a rerun that reads it back go on with the same numbers."""
-        import io
-
-        import ase.io
-
-        buf = io.StringIO()
-        ase.io.write(buf, labelled, format="extxyz")
-        buf.seek(0)
-        labelled = ase.io.read(buf, format="extxyz")
+        labelled = as_stored(labelled)
         self.images.append(labelled)
         self.by_key[labelled.info.get("label_key")] = labelled
         self.n_new += 1

@@ -292,6 +292,7 @@ def pool_from_file(path, layers=None) -> list:
     structures with that many layers (e.g. ``[1, 2, 3]`` leaves out the quad/penta
     out-of-distribution split). Bad frames raise :class:`StructureError` naming them.
     """
+    from moire_al.geometry import layer_count
     from moire_al.structures.io import read_structures
 
     out = []
@@ -304,6 +305,8 @@ def pool_from_file(path, layers=None) -> list:
         at.calc = None
         if "layer" in at.arrays:
             at.info["n_layers"] = int(len(np.unique(at.arrays["layer"])))
+        else:   # a user's file without moire-al's layer data: count the layers from the geometry
+            at.info["n_layers"] = layer_count(at)
         at.info.setdefault("pool_family", "file")
         if layers is not None and int(at.info.get("n_layers", 0)) not in {int(n) for n in layers}:
             continue

@@ -5,6 +5,9 @@
 ``/learning/<loop_id>/<plot>.png`` the plots, drawn server-side with matplotlib (Agg):
                                    ``learning_curve``, ``sigma_f``, ``parity``
 ``/learning/<loop_id>/json``       the round documents without the long arrays
+``/learning/finetunes``            every fine-tuning job (collection ``finetunes``)
+``/learning/finetunes/<id>``       one job: errors before/after per layer count, the NEB
+                                   profiles (``neb.png``) of the NEB workflow; ``.../json``
 
 Everything is rendered on the server (PNG via matplotlib's Agg canvas, plain HTML
 tables), so the page needs no JavaScript library and works with the network off.
@@ -24,7 +27,7 @@ from typing import Any
 from flask import Blueprint, Response, abort, current_app, jsonify, render_template, request
 
 from moire_al.conventions import plain
-from moire_al.store.documents import LoopDoc, RoundDoc
+from moire_al.store.documents import FinetuneDoc, LoopDoc, RoundDoc
 from moire_al.workflows import report
 from moire_al.workflows.report import _num, _rmse
 
@@ -164,6 +167,7 @@ def index():
         return c.isoformat() if isinstance(c, _dt.datetime) else str(c or "")
 
     loops.sort(key=created_key, reverse=True)
+    n_finetunes = len(store.get_finetunes())
     rows = []
     for lp in loops:
         key = str(lp.loop_id)
@@ -179,7 +183,75 @@ def index():
             "max_sigma_f": last.max_sigma_f,
             "params": ", ".join(f"{k}={_short(v, 40)}" for k, v in _params(lp).items()),
         })
-    return render_template("learning_index.html", rows=rows)
+    return render_template("learning_index.html", rows=rows, n_finetunes=n_finetunes)
+
+
+def _get_finetune(finetune_id: str) -> FinetuneDoc:
+    doc = _store().get_finetune(finetune_id)
+    if doc is None:
+        abort(404, description=f"no fine-tuning job {finetune_id!r}")
+    return doc
+
+
+def _f_rmse(table: Any) -> float | None:
+    """The force RMSE over all structures of an ``rmse_table`` dict."""
+    return _num(table.get("all", {}).get("F_eV_per_A")) if isinstance(table, dict) else None
+
+
+def _finetune_state(doc: FinetuneDoc) -> str:
+    if doc.new_model_id and (doc.neb_before is None or doc.neb_after is not None):
+        return "finished"
+    if doc.new_model_id:
+        return "refitted, NEB after pending"
+    return "labelling / refit pending" if doc.task else "started"
+
+
+def _finetune_row(doc: FinetuneDoc) -> dict:
+    return {
+        "finetune_id": doc.finetune_id, "state": _finetune_state(doc), "labels": doc.labels or doc.labeller,
+        "model_id": doc.model_id, "new_model_id": doc.new_model_id,
+        "n_task": len(doc.task) if isinstance(doc.task, list) else doc.n_task,
+        "n_labelled": doc.n_task, "n_failed": doc.n_failed, "n_train": doc.n_train,
+        "task_f": (_f_rmse(doc.task_before), _f_rmse(doc.task_after)),
+        "test_f": (_f_rmse(doc.test_before), _f_rmse(doc.test_after)), "test_set": doc.test_set,
+        "forgetting": doc.forgetting_F_ratio,
+        "barrier": (doc.barrier_before, doc.barrier_after, doc.barrier_labels),
+        "created": doc.created, "wall_time": doc.wall_time,
+    }
+
+
+@blueprint.route("/finetunes")
+def finetunes_page():
+    rows = [_finetune_row(d) for d in reversed(_store().get_finetunes())]
+    return render_template("learning_finetunes.html", rows=rows)
+
+
+@blueprint.route("/finetunes/<finetune_id>")
+def finetune_page(finetune_id: str):
+    doc = _get_finetune(finetune_id)
+    tables = []
+    for name, before, after in (("task", doc.task_before, doc.task_after), ("original test set", doc.test_before,
+                                                                             doc.test_after)):
+        before, after = before or {}, after or {}
+        for group in sorted(set(before) | set(after), key=lambda g: (g == "all", g)):
+            b, a = before.get(group, {}), after.get(group, {})
+            tables.append({"set": name, "group": group, "n": b.get("n_structures", a.get("n_structures")),
+                           "e": (b.get("E_meV_per_atom"), a.get("E_meV_per_atom")),
+                           "f": (b.get("F_eV_per_A"), a.get("F_eV_per_A"))})
+    return render_template("learning_finetune.html", row=_finetune_row(doc), tables=tables,
+                           failed_keys=doc.failed_keys or [],
+                           neb=doc.neb_before is not None or doc.neb_after is not None)
+
+
+@blueprint.route("/finetunes/<finetune_id>/json")
+def finetune_json(finetune_id: str):
+    return jsonify(_jsonable(_get_finetune(finetune_id).as_dict()))
+
+
+@blueprint.route("/finetunes/<finetune_id>/neb.png")
+def finetune_neb_png(finetune_id: str):
+    fig = report.neb_profile_figure(_get_finetune(finetune_id))
+    return _png(fig) if fig is not None else _placeholder("no NEB stored for this job")
 
 
 @blueprint.route("/<loop_id>")

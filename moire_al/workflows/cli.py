@@ -111,11 +111,13 @@ def _cmd_loop_add(args) -> int:
         wf = _read_workflow(args.workflow)
         from moire_al.workflows.settings import NebFinetuneSettings
 
+        sets = _parse_sets(args.set)
         for fw in wf.fws:  # validate before adding: a typo fails here, not on a worker
             for t in fw.tasks:
                 if "params" in t:
                     kind = NebFinetuneSettings if type(t).__name__ == "NebFinetuneTask" else LoopSettings
-                    kind.from_dict({**t["params"], **_parse_sets(args.set)})
+                    kind.from_dict({**t["params"], **sets})
+                    t["params"] = {**t["params"], **sets}   # --set overrides the file's value
     else:
         settings = LoopSettings.from_dict({"material": args.material, "labeller": args.labeller,
                                            **_parse_sets(args.set)})

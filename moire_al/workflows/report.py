@@ -185,6 +185,31 @@ def parity_figure(docs: list[RoundDoc], round_: int | None = None):
 FIGURES = {"learning_curve": learning_curve_figure, "sigma_f": sigma_f_figure, "parity": parity_figure}
 
 
+def neb_profile_figure(doc) -> Any:
+    """The NEB energy profiles of a fine-tuning job (:class:`FinetuneDoc`): the base
+    model's path, the fine-tuned model's, and the labels along the base path; None
+    without a stored NEB."""
+    curves = [(name, res) for name, res in (("base model", doc.neb_before), ("fine-tuned", doc.neb_after))
+              if isinstance(res, dict) and res.get("energies_rel")]
+    if not curves:
+        return None
+    fig = _figure(6.5, 4.0)
+    ax = fig.add_subplot()
+    for k, (name, res) in enumerate(curves):
+        e = _floats(res["energies_rel"])
+        x = _floats(res.get("path_coordinate")) or list(range(len(e)))
+        barrier = _num(res.get("barrier"))
+        label = f"{name}: barrier {barrier:.3f} eV" if barrier is not None else name
+        ax.plot(x[:len(e)], e, "o-", color=f"C{k}", label=label)
+    if doc.barrier_labels is not None:
+        ax.axhline(float(doc.barrier_labels), color="k", ls=":", lw=1,
+                   label=f"{doc.labeller or 'labels'} on the base path: {float(doc.barrier_labels):.3f} eV")
+    ax.set_xlabel("reaction coordinate (Å)")
+    ax.set_ylabel("E − E(initial) (eV)")
+    ax.legend(fontsize=8)
+    return fig
+
+
 def write_plots(rounds: list[RoundDoc], outdir: str | Path) -> list[Path]:
     """The three figures as PNG files in ``outdir`` (those with data)."""
     outdir = Path(outdir)
