@@ -465,9 +465,9 @@ class ACEBasis:
             c(threads or self.threads))
         return R, dR, Rp, dRp, Y, dY
 
-    def _native_inputs(self, g: _Graph, threads: int | None = None) -> list:
-        """The ctypes arguments the row and committee kernels share: the structure's edges,
-        their factors and the coupling plan (arrays kept alive in the list's tail)."""
+    def _native_inputs(self, g: _Graph, threads: int | None = None) -> tuple[list, tuple]:
+        """(ctypes arguments, arrays they point into: keep them alive) of ``ace_rows`` in either
+        mode: the structure's edges, their factors and the coupling plan."""
         if not self.native:
             raise ModelError("the compiled ACE rows are unavailable on this machine (see the log)")
         from .native import dptr as dp, iptr as ip
