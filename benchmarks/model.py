@@ -310,8 +310,8 @@ def main(argv=None) -> int:
             fit_s[label][size] = {"value": round(est, 1), "extrapolated": True, "serial_bound": round(est_sum, 1),
                                   "todays_path": round(est_today, 1)}
             # the process's peak through the rows of this basis + A, A_lo, a block product,
-            # the solve's ~3 L², two blocks of rows
-            mb = rss + 8 * (6 * L * L + 2 * 4096 * L) / 2 ** 20
+            # the solve's ~3 L², four blocks of rows (two queued, one in the update, one built)
+            mb = rss + 8 * (6 * L * L + 4 * 4096 * L) / 2 ** 20
             peak[label][size] = {"value": round(mb), "extrapolated": True}
         f = fit_s[label]["seed_150k"]
         print(f"  {label} (L={L}): seed fit (150k atoms) extrapolated {f['value']:.0f} s overlapped, "

@@ -39,7 +39,7 @@ FORMAT_VERSION = 1
 FORCE_EPS = 0.2
 DEFAULT_WEIGHTS = {"E": 30.0, "F": 1.0, "V": 1.0}
 #: Design rows per block of the normal equations (one dsyrk each; ~L x 4096 doubles of memory,
-#: two blocks in flight)
+#: up to four blocks in flight: the next block is queued while one is built and one updated)
 BLOCK_ROWS = 4096
 
 
@@ -312,7 +312,7 @@ class ACEModel:
         :meth:`set_plan`): weighted design rows of energy (per atom), forces and virial (per
         atom), accumulated per block (``blocks``, default :meth:`fit_blocks`) by a symmetric
         rank-k update (BLAS dsyrk on the upper triangle) and added to the totals with an
-        error-free summation. Memory: O(L²) + two blocks' rows.
+        error-free summation. Memory: O(L²) + up to four blocks' rows.
 
         The work is pipelined over the basis' threads (:attr:`ACEBasis.threads`): the rows
         of a block's structures are computed concurrently, one structure per thread (each
@@ -344,8 +344,16 @@ class ACEModel:
         nthreads = max(1, b.threads)
         with ThreadPoolExecutor(max_workers=nthreads) as pool, ThreadPoolExecutor(max_workers=1) as blas:
             prev = None
-            for start, stop in blocks:
-                futs = {k: pool.submit(rows, k) for k in range(start, stop)}
+            futs = {}
+
+            def submit(block):                # the rows of a block, queued ahead of their use
+                futs.update({k: pool.submit(rows, k) for k in range(*block)})
+
+            if blocks:
+                submit(blocks[0])
+            for bi, (start, stop) in enumerate(blocks):
+                if bi + 1 < len(blocks):      # keeps the threads busy while this block waits
+                    submit(blocks[bi + 1])
                 Pws, yws, lw2 = [], [], []
                 for k in range(start, stop):
                     at = atoms_list[k]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +63,7 @@ import jax.numpy as jnp  # noqa: E402
 from moire_al.errors import ModelError  # noqa: E402
 
 log = logging.getLogger(__name__)
+_NATIVE_LOCK = threading.Lock()
 
 #: Largest number of centre atoms evaluated in one compiled call. Structures with
 #: more atoms are processed in chunks of this size (bounded memory, one compile).
@@ -359,18 +361,23 @@ class ACEBasis:
     @property
     def native(self) -> bool:
         """True when the compiled row kernel (``csrc/ace_rows.cpp``) builds here; else the
-        JAX rows serve."""
+        JAX rows serve. Thread-safe: the fit's and the scoring's threads may ask first at
+        once, and none may see a half-made answer (it would take the JAX rows, equal only to
+        round-off)."""
         if not hasattr(self, "_native_ok"):
-            self._native_ok = False
-            try:
-                from . import native
+            with _NATIVE_LOCK:
+                if not hasattr(self, "_native_ok"):
+                    ok = False
+                    try:
+                        from . import native
 
-                self._lib = native.load("ace_rows")
-                self._lib.ace_rows.restype = ctypes.c_int
-                self._plan = self._native_plan()
-                self._native_ok = True
-            except ModelError as exc:
-                log.warning("compiled ACE rows unavailable, using the JAX rows: %s", exc)
+                        self._lib = native.load("ace_rows")
+                        self._lib.ace_rows.restype = ctypes.c_int
+                        self._plan = self._native_plan()
+                        ok = True
+                    except ModelError as exc:
+                        log.warning("compiled ACE rows unavailable, using the JAX rows: %s", exc)
+                    self._native_ok = ok
         return self._native_ok
 
     def _native_plan(self) -> dict:
