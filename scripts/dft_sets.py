@@ -5,6 +5,9 @@
     python scripts/dft_sets.py import-shared            # reuse ../shared/dft labels (keys migrated)
     python scripts/dft_sets.py label graphene [--threads 1]   # moire-al label ... --labeller cp2k (resumes)
     python scripts/dft_sets.py recipe graphene          # data/dft/graphene.recipe.json
+    python scripts/dft_sets.py binding-pool             # data/dft/hbn_binding_pool.extxyz
+    python scripts/dft_sets.py binding-label [--threads 1]   # -> data/dft/hbn_binding.extxyz
+    python scripts/dft_sets.py binding-fit              # fitted AA / AB / AA' minima (JSON)
 
 The pools come from ``data/dft/recipes.json`` (one ``make_pool`` call per entry, cells
 above ``max_atoms`` left out), interleaved family by family so that a set that is only
@@ -167,6 +170,77 @@ def cmd_recipe(args):
     print(f"{p['recipe']}: {len(labelled)} of {len(pool)} labelled, {len(failures)} failures")
 
 
+# Binding curves of flat bilayer hBN (4-atom cells, a = 2.504 Å): the AA minimum is c of
+# the tight-binding model (moire_al.analysis.tightbinding.DEFAULT_C). Every cell (and the
+# monolayer, the E_b reference) has the same height BINDING_CELL_Z with the bottom layer
+# at the same z: CP2K's real-space grid is then the same in all of them. With the height
+# d + 20 Å of stacking_bilayer the grid changes with d and moves E by up to 0.8 meV/atom
+# (measured, AA at 3.4 Å: 23.4 vs 24.0 Å cell), as much as the curve changes over 0.1 Å.
+# AA (c): 3.0–4.0 Å every 0.1 Å, every 0.025 Å over 3.4–3.8 Å, tails 5 and 8 Å; AB and
+# AA' (context): 3.0–4.0 Å every 0.1 Å, 0.05 Å midpoints over 3.15–3.45 Å, 8 Å.
+BINDING_CELL_Z = 26.0
+#: CP2K's finest real-space grid along z in these cells (280 Ry: 264 points, cp2k.out
+#: "PW_GRID| Bounds 3"): the egg-box period of the fit (binding.fit_minimum)
+BINDING_GRID_DZ = BINDING_CELL_Z / 264
+BINDING_GRID = {
+    "AA": sorted({round(3.0 + 0.1 * i, 3) for i in range(11)}
+                 | {round(3.4 + 0.025 * i, 3) for i in range(17)} | {5.0, 8.0}),
+    "AB": sorted({round(3.0 + 0.1 * i, 3) for i in range(11)} | {3.15, 3.25, 3.35, 3.45, 8.0}),
+}
+BINDING_GRID["AA'"] = BINDING_GRID["AB"]
+
+
+def binding_pool():
+    from moire_al.analysis.binding import _monolayer, stacking_bilayer
+
+    def fixed_height(at):
+        cell = at.cell.array.copy()
+        cell[2, 2] = BINDING_CELL_Z
+        at.set_cell(cell)
+        at.info |= {"curve": "hbn_binding", "a": 2.504, "grid_dz": BINDING_GRID_DZ}
+        return at
+
+    mono = fixed_height(_monolayer("hbn", 2.504))
+    mono.info["stacking"] = "monolayer"
+    out = [mono]
+    for stk, grid in BINDING_GRID.items():
+        for d in grid:
+            at = fixed_height(stacking_bilayer("hbn", stk, d))
+            at.info["d"] = d
+            out.append(at)
+    return out
+
+
+def cmd_binding_pool(args):
+    import ase.io
+
+    pool = binding_pool()
+    path = os.path.join(DATA, "hbn_binding_pool.extxyz")
+    ase.io.write(path, pool, format="extxyz")
+    print(f"{len(pool)} structures -> {path}")
+
+
+def cmd_binding_label(args):
+    settings = os.path.join(RUNS, f"run_options_{args.threads}.json")
+    os.makedirs(RUNS, exist_ok=True)
+    with open(settings, "w") as fh:
+        json.dump({"omp_threads": args.threads, "ranks": 1}, fh)
+    cmd = [os.path.join(ROOT, ".venv", "bin", "moire-al"), "label",
+           os.path.join(DATA, "hbn_binding_pool.extxyz"), "-o", os.path.join(DATA, "hbn_binding.extxyz"),
+           "--labeller", "cp2k", "--settings", settings, "--workdir", os.path.join(RUNS, "hbn_binding")]
+    print(" ".join(cmd), flush=True)
+    return subprocess.call(cmd)
+
+
+def cmd_binding_fit(args):
+    from moire_al.analysis.binding import labelled_binding_curves
+    from moire_al.structures import read_structures
+
+    res = labelled_binding_curves(read_structures(args.path), window=args.window)
+    print(json.dumps({"equilibrium": res["equilibrium"],
+                      "stacking_energy_meV": res["stacking_energy_meV"]}, indent=1))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -175,11 +249,18 @@ def main(argv=None):
         s.add_argument("material", choices=["graphene", "hbn"])
         if name == "label":
             s.add_argument("--threads", type=int, default=2)
+    sub.add_parser("binding-pool")
+    s = sub.add_parser("binding-label")
+    s.add_argument("--threads", type=int, default=1)
+    s = sub.add_parser("binding-fit")
+    s.add_argument("--path", default=os.path.join(DATA, "hbn_binding.extxyz"))
+    s.add_argument("--window", type=float, default=0.3)
     s = sub.add_parser("import-shared")
     s.add_argument("--source", default=SHARED)
     args = ap.parse_args(argv)
     return {"pool": cmd_pool, "label": cmd_label, "recipe": cmd_recipe,
-            "import-shared": cmd_import_shared}[args.cmd](args) or 0
+            "import-shared": cmd_import_shared, "binding-pool": cmd_binding_pool,
+            "binding-label": cmd_binding_label, "binding-fit": cmd_binding_fit}[args.cmd](args) or 0
 
 
 if __name__ == "__main__":

@@ -273,3 +273,62 @@ def test_comparison_mode_suite_and_relax(tmp_path, capsys):
     assert set(out["results"]) == {"reference:REBO+KC-full", "reference:REBO+KC-z"}
     assert all(r["converged"] for r in out["results"].values())
     assert (tmp_path / "relax" / "reference_REBO_KC-z" / "relaxed.xyz").exists()
+
+
+def test_fit_minimum_recovers_morse_and_brackets_a_non_morse_curve():
+    """The binding-curve minimum fit (Morse on ±0.3 Å of the lowest sample): exact on
+    Morse samples; on a Lennard-Jones curve (not Morse) within 0.01 Å of its analytic
+    minimum 2^{1/6} σ, and the Morse/quartic difference is of the size of that error."""
+    d = np.round(np.arange(3.0, 4.01, 0.1), 3)
+    d = np.union1d(d, np.round(np.arange(3.35, 3.651, 0.025), 3))
+    e = binding.morse(d, -0.001, 0.02, 1.7, 3.47)
+    fit = binding.fit_minimum(d, e)
+    assert fit["d_eq"] == pytest.approx(3.47, abs=1e-6)
+    assert fit["e_min"] == pytest.approx(-0.021, abs=1e-8)
+    assert fit["rms_residual"] < 1e-9 and fit["n_points"] >= 5
+    sigma, eps = 3.1, 0.015
+    e_lj = 4 * eps * ((sigma / d) ** 12 - (sigma / d) ** 6)
+    lj = binding.fit_minimum(d, e_lj)
+    true = 2 ** (1 / 6) * sigma
+    err = abs(lj["d_eq"] - true)
+    assert err < 0.01
+    assert abs(lj["d_eq_quartic"] - true) < 0.01
+    with pytest.raises(ValueError):
+        binding.fit_minimum(d[:4], e[:4])   # the minimum is not inside the samples
+    # a grid egg-box (period h = 26/264 Å, 0.3 meV as measured in CP2K) on a flat Morse
+    # well: the fit with the egg-box term recovers d0 and the amplitude; without, it errs
+    h = 26.0 / 264
+    flat = binding.morse(d, -0.0, 0.02, 1.2, 3.6)
+    noisy = flat + 3e-4 * np.cos(2 * np.pi * d / h + 0.7)
+    fit = binding.fit_minimum(d, noisy, eggbox_period=h)
+    assert fit["d_eq"] == pytest.approx(3.6, abs=1e-4)
+    assert fit["eggbox_amplitude"] == pytest.approx(3e-4, rel=1e-3)
+    plain = binding.fit_minimum(d, noisy)
+    assert abs(plain["d_eq"] - 3.6) > 10 * abs(fit["d_eq"] - 3.6)
+
+
+def test_labelled_binding_curves_match_the_calculator_path():
+    """Binding curves read from labelled cells (REF_ keys, as data/dft/hbn_binding.extxyz)
+    give the minimum the calculator path finds on the same curve (reference potential)."""
+    from moire_al.conventions import put_label
+    from moire_al.labelling.reference import reference_calculator
+
+    calc = reference_calculator("hbn")
+    ds = [round(3.2 + 0.05 * i, 3) for i in range(17)]
+    cells = []
+    for d in ds:
+        at = binding.stacking_bilayer("hbn", "AA", d)
+        at.calc = calc
+        cells.append(put_label(at, at.get_potential_energy(), at.get_forces(), labeller="reference"))
+        cells[-1].info["stacking"] = "AA"
+    mono = binding._monolayer("hbn", 2.504)
+    mono.calc = calc
+    m = put_label(mono, mono.get_potential_energy(), mono.get_forces(), labeller="reference")
+    m.info["stacking"] = "monolayer"
+    res = binding.labelled_binding_curves(cells + [m])
+    direct = binding.binding_curves("hbn", calc, stackings=["AA"], distances=ds)
+    assert res["curves"]["AA"]["d"] == pytest.approx(ds, abs=1e-6)
+    assert res["curves"]["AA"]["e_bind"] == pytest.approx(direct["curves"]["AA"]["e_bind"], abs=1e-9)
+    assert res["equilibrium"]["AA"]["d_eq"] == pytest.approx(direct["equilibrium"]["AA"]["d_eq"],
+                                                             abs=0.005)
+    assert res["equilibrium"]["AA"]["e_min"] < 0

@@ -101,3 +101,45 @@ def test_d3_results_uses_the_kernel_and_reports_it():
     assert d3.backend() == "kernel"
     s = d3.d3_settings()
     assert s["backend"] == "kernel" and s["three_body"] is False and s["cutoff_A"] == d3.DISP_CUTOFF
+
+
+def test_threads_change_no_result():
+    """The kernel's threads split the atoms: 1, 2 and 3 threads give the same numbers (hBN,
+    two species, rattled; a kept list evaluated again after a move)."""
+    at = S.stacked("hbn", 2, 4, d=3.3, shifts=[[0, 0], [1.45, 0]], rattle=0.08, seed=5)
+    ref = d3.D3Evaluator(threads=1).results(at)
+    for nt in (2, 3):
+        ev = d3.D3Evaluator(threads=nt)
+        e, f, s = ev.results(at)
+        assert e == pytest.approx(ref[0], rel=1e-14)
+        np.testing.assert_allclose(f, ref[1], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(s, ref[2], rtol=0, atol=1e-14)
+    moved = at.copy()
+    moved.positions += 0.05
+    e1, f1, _ = d3.D3Evaluator(threads=1).results(moved)
+    e2, f2, _ = ev.results(moved)
+    assert ev.last_stats == {"calls": 2, "rebuilds": 1}
+    assert e2 == pytest.approx(e1, rel=1e-14)
+    np.testing.assert_allclose(f2, f1, rtol=0, atol=1e-12)
+
+
+def test_skewed_cells_and_four_elements_match_dftd3():
+    """The fractional-bin half list keeps every pair once in any cell: an oblique, tilted cell
+    shorter than the cutoff in every direction, and four elements (the kernel's general path)."""
+    from ase.build import bulk
+
+    tilted = S.stacked("hbn", 2, 2, d=3.3, shifts=[[0, 0], [0.7, 0.3]], rattle=0.1, seed=6)
+    cell = tilted.cell.array.copy()
+    cell[2] = [2.1, -1.3, 7.5]                                  # c tilted, short
+    tilted.set_cell(cell, scale_atoms=False)
+    mono = bulk("C", "diamond", a=3.57) * (1, 1, 2)
+    mono.set_cell(mono.cell.array + [[0, 0, 0], [0.4, 0, 0], [0.3, -0.5, 0]], scale_atoms=True)
+    mono.rattle(0.05, seed=7)
+    mixed = mono.copy()
+    mixed.numbers[[1, 2, 3]] = [5, 7, 1]                        # C, B, N, H
+    for at in (tilted, mono, mixed):
+        e0, f0, s0 = d3.dftd3_results(at)
+        e1, f1, s1 = d3.kernel_results(at, **LIBRARY_CUTOFFS)
+        assert e1 == pytest.approx(e0, rel=1e-12)
+        np.testing.assert_allclose(f1, f0, atol=1e-10)
+        np.testing.assert_allclose(s1, s0, atol=1e-12)

@@ -387,3 +387,23 @@ def test_poisson_solution_of_a_sinusoidal_sheet_is_analytic():
     want = -amp * np.cos(r @ G)
     got = pot["V"].ravel() - pot["V"].mean()
     assert np.abs(got - want).max() < 1e-6 * amp + 1e-3 * amp
+
+
+def test_default_c_is_the_dft_aa_minimum_of_the_committed_binding_curve():
+    """c of the model (DEFAULT_C) is the PBE+D3(BJ) AA equilibrium distance fitted to the
+    committed CP2K binding curve data/dft/hbn_binding.extxyz (scripts/dft_sets.py
+    binding-fit), to the 0.001 Å it is quoted to; the labels are DFT, and the AA minimum
+    lies above the AB and AA' ones (it is the least bound stacking)."""
+    from moire_al.analysis.binding import labelled_binding_curves
+    from moire_al.analysis.tightbinding import DEFAULT_C
+    from moire_al.structures import read_structures
+
+    path = os.path.join(os.path.dirname(__file__), "..", "data", "dft", "hbn_binding.extxyz")
+    cells = read_structures(path)
+    assert {a.info["REF_labeller"] for a in cells} == {"cp2k"}
+    res = labelled_binding_curves(cells)
+    eq = res["equilibrium"]
+    assert round(eq["AA"]["d_eq"], 3) == pytest.approx(DEFAULT_C, abs=1e-9)
+    assert SlaterKoster().c == DEFAULT_C
+    assert eq["AA"]["d_eq"] > max(eq["AB"]["d_eq"], eq["AA'"]["d_eq"]) + 0.15
+    assert eq["AA"]["e_min"] > max(eq["AB"]["e_min"], eq["AA'"]["e_min"])

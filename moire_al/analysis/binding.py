@@ -8,6 +8,8 @@ the monolayer computed in the same in-plane cell, so E_b → 0 as d → ∞.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from moire_al.analysis.common import (calc_label, jsonable, lattice_constant, material_of,
@@ -158,4 +160,122 @@ def lattice_eos(material: str, calc, calc_name: str | None = None, a: float | No
         "a0": a0,
         "e0": float(ef[j]),
         "area_modulus_N_per_m": float(b2d * 16.0217663),
+    })
+
+
+# ------------------------------------------------------------------ fitted minima of labelled curves
+def morse(d, e_inf, depth, alpha, d0):
+    """Morse curve E(d) = E_∞ + D [(1 − e^{−α (d − d0)})² − 1]: minimum E_∞ − D at d0."""
+    x = 1.0 - np.exp(-alpha * (np.asarray(d, float) - d0))
+    return e_inf + depth * (x * x - 1.0)
+
+
+def fit_minimum(d, e, window: float = 0.3, eggbox_period: float | None = None,
+                center: float | None = None) -> dict:
+    """Equilibrium distance of a sampled curve E(d) from a Morse fit to the samples within
+    ``window`` Å of the lowest one (or of ``center``; at least 5 samples, else ValueError).
+
+    ``eggbox_period``: DFT on a real-space grid (CP2K) adds an "egg-box" error periodic in
+    the moving layer's position with the grid spacing h; with h given, the fit is
+    Morse(d) + A cos(2πd/h) + B sin(2πd/h) (the layer's offset from the grid is the same
+    in every cell when the other layer sits at the same z: a phase, absorbed in A, B) and
+    ``eggbox_amplitude`` = √(A² + B²) is reported.
+
+    Returns ``d_eq`` and ``e_min`` (Morse), ``d_eq_stderr`` (1σ from the fit covariance,
+    residual-scaled), ``rms_residual`` (E units), ``d_eq_quartic`` (a quartic polynomial
+    on the same samples after removing the egg-box term: the fit-form uncertainty is
+    |d_eq − d_eq_quartic|), ``d_eq_spline`` (:func:`_minimum` on the raw samples),
+    ``n_points`` and ``window``."""
+    from scipy.optimize import curve_fit
+
+    d = np.asarray(d, float)
+    e = np.asarray(e, float)
+    order = np.argsort(d)
+    d, e = d[order], e[order]
+    k = int(np.argmin(e))
+    c0 = d[k] if center is None else float(center)
+    sel = np.abs(d - c0) <= window + 1e-9
+    ds, es = d[sel], e[sel]
+    n_par = 4 if eggbox_period is None else 6
+    if len(ds) < n_par + 1 or not d[0] < c0 < d[-1]:
+        raise ValueError(f"need >= {n_par + 1} samples around an interior minimum (have "
+                         f"{len(ds)} within {window} Å of {c0:.3f}; samples "
+                         f"{d.min():.3f}..{d.max():.3f} Å)")
+    curv = np.polyfit(ds, es, 2)[0]
+    depth0 = max(abs(e[-1] - e[k]), 1e-6)
+    alpha0 = math.sqrt(max(curv, 1e-9) / depth0)   # E'' = 2 D α² at d0
+    p0 = [e[k] + depth0, depth0, alpha0, c0]
+    if eggbox_period is None:
+        model = morse
+    else:
+        w = 2.0 * math.pi / float(eggbox_period)
+
+        def model(x, e_inf, depth, alpha, d0, ca, sb):
+            return morse(x, e_inf, depth, alpha, d0) + ca * np.cos(w * x) + sb * np.sin(w * x)
+        p0 += [0.0, 0.0]
+    popt, pcov = curve_fit(model, ds, es, p0=p0, maxfev=20000)
+    resid = es - model(ds, *popt)
+    smooth = es - (0.0 if eggbox_period is None else
+                   popt[4] * np.cos(w * ds) + popt[5] * np.sin(w * ds))
+    quart = np.polyfit(ds, smooth, min(4, len(ds) - 2))
+    fine = np.linspace(ds[0], ds[-1], 4001)
+    d_q = float(fine[int(np.argmin(np.polyval(quart, fine)))])
+    out = {"d_eq": float(popt[3]), "e_min": float(popt[0] - popt[1]),
+           "d_eq_stderr": float(math.sqrt(max(pcov[3, 3], 0.0))),
+           "rms_residual": float(np.sqrt(np.mean(resid ** 2))),
+           "d_eq_quartic": d_q, "d_eq_spline": _minimum(d, e)[0],
+           "morse": {"e_inf": float(popt[0]), "depth": float(popt[1]),
+                     "alpha": float(popt[2]), "d0": float(popt[3])},
+           "n_points": int(len(ds)), "window": float(window),
+           "eggbox_period": None if eggbox_period is None else float(eggbox_period)}
+    if eggbox_period is not None:
+        out["eggbox_amplitude"] = float(math.hypot(popt[4], popt[5]))
+    return out
+
+
+def labelled_binding_curves(structures, window: float = 0.3) -> dict:
+    """Binding curves and fitted minima from *labelled* 4-atom bilayers (``REF_energy``;
+    ``info["stacking"]``, interlayer distance from the positions) and, if present, a
+    2-atom monolayer in the same cell (``info["stacking"] == "monolayer"``) for
+    E_b = [E(d) − 2 E_mono] / 4. When every cell carries the same ``info["grid_dz"]``
+    (the DFT code's real-space grid spacing along z, Å), the minima are fitted with
+    the egg-box term of that period (:func:`fit_minimum`), centred on a first fit. Result keys: ``curves`` (stacking → {``d``, ``e_bind``
+    eV/atom, or ``e`` eV/atom without a monolayer}), ``equilibrium`` (stacking →
+    :func:`fit_minimum`), ``stacking_energy_meV`` (E_min − E_min of the lowest),
+    ``labeller``, ``a``."""
+    from moire_al.analysis.common import layers_of
+    from moire_al.conventions import REF_ENERGY, REF_LABELLER
+
+    grids = {at.info.get("grid_dz") for at in structures}
+    grid = float(grids.pop()) if len(grids) == 1 and None not in grids else None
+    mono = [at for at in structures if at.info.get("stacking") == "monolayer"]
+    e_mono = float(mono[0].info[REF_ENERGY]) / len(mono[0]) if mono else None
+    pts: dict = {}
+    for at in structures:
+        stk = at.info.get("stacking")
+        if stk in (None, "monolayer") or REF_ENERGY not in at.info:
+            continue
+        lay = layers_of(at)
+        z = at.positions[:, 2]
+        d = float(z[lay == lay.max()].mean() - z[lay == lay.min()].mean())
+        e = float(at.info[REF_ENERGY]) / len(at)
+        pts.setdefault(stk, []).append((round(d, 6), e - e_mono if e_mono is not None else e))
+    if not pts:
+        raise SettingsError("no labelled bilayers with info['stacking'] in the structures")
+    curves, eq = {}, {}
+    for stk, rows in pts.items():
+        rows = sorted(dict(rows).items())
+        d, e = np.array(rows).T
+        curves[stk] = {"d": d.tolist(), ("e_bind" if e_mono is not None else "e"): e.tolist()}
+        first = fit_minimum(d, e, window=window, eggbox_period=grid)
+        centre = first["d_eq"] if d[0] < first["d_eq"] < d[-1] else None
+        eq[stk] = fit_minimum(d, e, window=window, eggbox_period=grid, center=centre)
+    low = min(eq, key=lambda s: eq[s]["e_min"])
+    return jsonable({
+        "analysis": "binding_labelled",
+        "labeller": sorted({str(at.info.get(REF_LABELLER)) for at in structures}),
+        "a": float(structures[0].info.get("a") or np.linalg.norm(structures[0].cell[0])),
+        "curves": curves, "equilibrium": eq, "ground_state": low,
+        "stacking_energy_meV": {s: 1000 * (eq[s]["e_min"] - eq[low]["e_min"]) for s in eq},
+        "monolayer_energy_eV_per_atom": e_mono, "grid_dz": grid,
     })

@@ -303,7 +303,8 @@ def register(subparsers) -> None:
     q.add_argument("--height", type=float, default=3.35,
                    help="height of the potential map above the top layer (Å)")
     q.add_argument("--aa-distance", type=float, default=None,
-                   help="c of the model: the AA interlayer distance (Å; default 3.565)")
+                   help="c of the model: the AA interlayer distance (Å; default: the PBE+D3(BJ) "
+                        "AA minimum, moire_al.analysis.tightbinding.DEFAULT_C)")
     q.add_argument("--a", type=float, default=None,
                    help="lattice parameter of the model (Å; default: the structure's)")
     q.add_argument("--cutoff", type=float, default=6.0, help="hopping cut-off (Å)")

@@ -11,7 +11,8 @@ Slater–Koster two-centre integral
 
 with γ0 = −2.7 eV (in-plane nearest neighbours), γ0' = 0.1 γ0 (at the second-neighbour
 distance a), species prefactors γ1 (BB 0.831, NN 0.3989, BN 0.6601 eV), c the AA
-interlayer distance, a the lattice parameter and a_BN = a/√3 the B–N bond.
+interlayer distance (``DEFAULT_C``: the PBE+D3(BJ) AA minimum from CP2K), a the lattice
+parameter and a_BN = a/√3 the B–N bond.
 
 Sign (``convention``). The seed's (C2) is H = −Σ t(R_i − R_j) |i⟩⟨j| + Σ V_i |i⟩⟨i| with
 t given by (C3) and γ0 = −2.7 eV, so every matrix element is −t: +2.7 eV between in-plane
@@ -49,8 +50,11 @@ import scipy.sparse as sp
 from moire_al.errors import MoireALError, StructureError
 
 DEFAULT_A = 2.504      # Å, hBN lattice parameter (moire_al.structures)
-DEFAULT_C = 3.565      # Å, AA interlayer distance: equilibrium of the reference potential
-                       # (Tersoff+ILP binding curve, docs/analysis.md)
+#: Å, c of (C4a): the AA interlayer distance, the PBE+D3(BJ) equilibrium of flat AA bilayer
+#: hBN at a = 2.504 Å fitted to the committed CP2K binding curve data/dft/hbn_binding.extxyz
+#: (Morse + grid egg-box term; ``python scripts/dft_sets.py binding-fit``, docs/analysis.md).
+#: Before: 3.565 Å, the AA minimum of the reference potential (Tersoff+ILP), not DFT.
+DEFAULT_C = 3.596
 CONVENTIONS = ("seed", "slater-koster")   # H_ij = −t(r) (seed's C2) or +t(r)
 
 

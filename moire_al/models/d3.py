@@ -6,10 +6,12 @@ from labels that hold it, and the GPAW labeller adds it to its DFT results.
 
 Two backends give the same two-body D3(BJ) (no three-body term):
 
-* ``kernel`` (default): our compiled loop (``csrc/d3.cpp``), ~10x faster than the library
-  on a layered cell, whose cost is the pair list (a 15 Å sphere holds ~500 neighbours).
-  It visits each pair once, counts coordination numbers within their own short cutoff
-  and evaluates C6(CN_i, CN_j) from per-atom Gaussian weights. Its data are Grimme's
+* ``kernel`` (default): our compiled loop (``csrc/d3.cpp``), ~20x faster than the library
+  per MD step on a layered cell (docs/benchmarks.md), whose cost is the neighbour sum (a
+  25 Å sphere holds ~2,000 neighbours in a bilayer). It keeps ghost atoms in fractional
+  bins and visits each pair once in SIMD loops over contiguous ghosts, counts
+  coordination numbers within their own cutoff and evaluates C6(CN_i, CN_j) from
+  per-atom Gaussian weights. Its data are Grimme's
   reference C6 table as shipped in CP2K's ``dftd3.dat`` (Debian ``cp2k-data``;
   ``$MOIRE_AL_D3_TABLE`` points elsewhere), the BJ parameters from ``dftd3``'s own
   ``parameters.toml``; <r⁴>/<r²> and the covalent radii of the counting function are read
@@ -36,11 +38,17 @@ from moire_al.errors import ModelError
 log = logging.getLogger(__name__)
 
 #: Dispersion and coordination-number cutoffs of the kernel backend, Å. dftd3's own are
-#: 60 and 40 bohr (31.75, 21.17 Å). 25 Å keeps forces within 1e-4 eV/Å of dftd3 on a cell
-#: rattled by 0.1 Å (the error scales with the force: 2e-4 at 20 Å there; a shorter CN
-#: cutoff is worse: 5e-4 at 15 Å), at ~60 % of the pairs.
+#: 60 and 40 bohr (31.75, 21.17 Å). Measured against dftd3 (max force error, bilayer
+#: graphene rattled by 0.1 Å): dispersion 22.5 / 25 / 27.5 / 31.75 Å give 1.3e-4 / 7.3e-5 /
+#: 3.6e-5 / 9e-7 eV/Å at the full CN cutoff; the CN sum needs its full 21.17 Å (19 / 17 Å:
+#: 1.2e-4 / 1.7e-4; its counting function tends to exp(-16), not 0, so dftd3's CN cutoff
+#: is part of its result); the chain rule's cutoff 8 vs 10 Å moves forces by < 5e-6 eV/Å.
 DISP_CUTOFF = 25.0
 CN_CUTOFF = 40 * 0.52917721090380
+#: Threads of the kernel (they split the atoms; any count gives the same numbers to 1e-12).
+#: One: on this project's 2 cores, shared with the CP2K runs, 2 threads were 1.1-1.4x
+#: slower per MD step than 1 (docs/benchmarks.md); pass ``threads=2`` on idle cores.
+THREADS = 1
 #: Pairs farther than this (Å) count in the CN but not in its chain rule (dCN/dr < 1e-6 /Å):
 #: the CN *values* need the long cutoff (C6 shifts all pairs), their gradient does not.
 CHAIN_CUTOFF = 10.0
@@ -253,10 +261,11 @@ class D3Evaluator:
     """
 
     def __init__(self, cutoff: float = DISP_CUTOFF, cn_cutoff: float = CN_CUTOFF, skin: float = 1.0,
-                 method: str = "pbe", chain_cutoff: float = CHAIN_CUTOFF):
+                 method: str = "pbe", chain_cutoff: float = CHAIN_CUTOFF, threads: int | None = None):
         from . import native
 
         self.cutoff, self.cn_cutoff, self.skin = float(cutoff), float(cn_cutoff), float(skin)
+        self.threads = THREADS if threads is None else max(1, int(threads))
         self.chain_cutoff = min(float(chain_cutoff), self.cn_cutoff)
         try:
             self.params = _bj_params(method)
@@ -329,7 +338,8 @@ class D3Evaluator:
             ctypes.c_int(d["maxref"]), iptr(d["nref"]), dptr(d["refcn"]), dptr(d["c6"]), dptr(d["r4r2"]),
             dptr(d["rcov"]), ctypes.c_double(p["s6"]), ctypes.c_double(p["s8"]), ctypes.c_double(p["a1"]),
             ctypes.c_double(p["a2"]), ctypes.c_double(self.cutoff / Bohr), ctypes.c_double(self.cn_cutoff / Bohr),
-            ctypes.c_double(self.chain_cutoff / Bohr), dptr(en), dptr(grad), dptr(sig), dptr(cn))
+            ctypes.c_double(self.chain_cutoff / Bohr), dptr(en), dptr(grad), dptr(sig), dptr(cn),
+            ctypes.c_int(self.threads))
         if rc:
             _fail(rc, name)
         self.last_stats["calls"] += 1
@@ -343,16 +353,19 @@ class D3Evaluator:
 
 
 def _fail(status, name):
+    if status == 3:
+        raise ModelError(f"structure {name or '?'}: D3: an element has more than 5 reference CNs or the structure more than 8 elements")
     if status == 1:
         raise ModelError(f"structure {name or '?'}: D3: the periodic cell is singular")
     raise ModelError(f"structure {name or '?'}: D3: two atoms sit on top of each other")
 
 
 def kernel_results(atoms, name: str = "", cutoff: float = DISP_CUTOFF, cn_cutoff: float = CN_CUTOFF,
-                   method: str = "pbe", chain_cutoff: float = CHAIN_CUTOFF):
+                   method: str = "pbe", chain_cutoff: float = CHAIN_CUTOFF, threads: int | None = None):
     """(energy, forces, stress or None) from the compiled kernel with the given cutoffs (Å),
     building a fresh pair list (no skin)."""
-    return D3Evaluator(cutoff, cn_cutoff, skin=0.0, method=method, chain_cutoff=chain_cutoff).results(atoms, name)
+    return D3Evaluator(cutoff, cn_cutoff, skin=0.0, method=method, chain_cutoff=chain_cutoff,
+                       threads=threads).results(atoms, name)
 
 
 def _voigt(s):

@@ -26,8 +26,11 @@ from moire_al.errors import ModelError
 SRC_DIR = Path(__file__).with_name("csrc")
 FLAGS = ("-O3", "-std=c++17", "-fPIC", "-shared", "-fno-math-errno")
 KERNELS = ("d3", "ace_rows")
-#: per-kernel flags beside FLAGS (ace_rows starts std::threads)
-EXTRA_FLAGS = {"ace_rows": ("-pthread",)}
+#: Extra flags per kernel, tried first (a compiler that rejects them builds with FLAGS alone).
+#: d3: SIMD pair loops for this CPU (`omp simd` only; its threads are std::thread; measured
+#: in docs/benchmarks.md); -march=native puts the CPU's identity into the cache key.
+#: ace_rows: its threads are std::thread.
+EXTRA_FLAGS = {"d3": ("-march=native", "-fopenmp-simd", "-pthread"), "ace_rows": ("-pthread",)}
 _LOCK = threading.Lock()
 _LOADED: dict = {}
 
@@ -54,8 +57,9 @@ def library_path(name: str) -> Path:
     if cxx is None:
         raise ModelError(f"no C++ compiler to build the {name} kernel (install g++ or set CXX)")
     text = src.read_bytes()
-    flags = FLAGS + EXTRA_FLAGS.get(name, ())
-    key = hashlib.sha256(text + " ".join(flags).encode() + cxx.encode()).hexdigest()[:16]
+    extra = EXTRA_FLAGS.get(name, ())
+    flags = " ".join(FLAGS + extra) + (_cpu_identity() if "-march=native" in extra else "")
+    key = hashlib.sha256(text + flags.encode() + cxx.encode()).hexdigest()[:16]
     out = cache_dir() / f"lib{name}-{key}.so"
     if out.exists():
         return out
@@ -63,7 +67,9 @@ def library_path(name: str) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
     try:
-        proc = subprocess.run([cxx, *flags, str(src), "-o", tmp], capture_output=True, text=True)
+        proc = subprocess.run([cxx, *FLAGS, *extra, str(src), "-o", tmp], capture_output=True, text=True)
+        if proc.returncode != 0 and extra:
+            proc = subprocess.run([cxx, *FLAGS, str(src), "-o", tmp], capture_output=True, text=True)
         if proc.returncode != 0:
             raise ModelError(f"building the {name} kernel failed: {proc.stderr.strip()[-2000:]}")
         os.replace(tmp, out)
@@ -71,6 +77,17 @@ def library_path(name: str) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return out
+
+
+def _cpu_identity() -> str:
+    """The CPU's model and feature flags (a -march=native build runs only there)."""
+    import platform
+
+    try:
+        info = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+        return "".join(ln for ln in info.splitlines() if ln.startswith(("model name", "flags")))
+    except OSError:
+        return platform.machine() + platform.processor()
 
 
 def load(name: str) -> ctypes.CDLL:
