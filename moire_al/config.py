@@ -48,6 +48,7 @@ class Environment:
     d3_table: str | None           # MOIRE_AL_D3_TABLE
     d3_backend: str                # MOIRE_AL_D3_BACKEND
     native_cache: str | None       # MOIRE_AL_NATIVE_CACHE
+    threads: int | None            # MOIRE_AL_THREADS
 
     @classmethod
     def from_environ(cls, environ=None) -> "Environment":
@@ -79,6 +80,7 @@ class Environment:
             d3_table=get("d3_table"),
             d3_backend=(get("d3_backend") or "auto").lower(),
             native_cache=get("native_cache"),
+            threads=_positive_int("MOIRE_AL_THREADS", get("threads")),
         )
 
 
@@ -102,8 +104,24 @@ VARIABLES = {
     "d3_backend": ("MOIRE_AL_D3_BACKEND", "auto", "D3(BJ) backend: auto (the kernel when it builds), kernel "
                    "or dftd3 (the library)"),
     "native_cache": ("MOIRE_AL_NATIVE_CACHE", "$MOIRE_AL_DATA/native", "where the C++ kernels are compiled to"),
+    "threads": ("MOIRE_AL_THREADS", "the cores this process may use", "threads of the compiled ACE rows and "
+                "committee scoring (1 in each worker of a sharded fit on one node)"),
 }
 assert set(VARIABLES) == {f.name for f in fields(Environment)}
+
+
+def _positive_int(var: str, value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        from moire_al.errors import SettingsError
+
+        raise SettingsError(f"{var}={value!r}: expected a positive whole number")
+    return n
 
 
 def environment() -> Environment:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from moire_al import config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,6 +39,15 @@ def test_environment_reads_the_variables(monkeypatch, tmp_path):
     assert env.data == tmp_path and env.db_path == tmp_path / "db"
     assert env.db_wait_s == 42.0 and config.launchpad_dict()["mongoclient_kwargs"]["serverSelectionTimeoutMS"] == 42000
     assert env.labeller_plugins == ("a", "b")
+    monkeypatch.delenv("MOIRE_AL_THREADS", raising=False)
+    assert config.environment().threads is None
+    monkeypatch.setenv("MOIRE_AL_THREADS", "3")
+    assert config.environment().threads == 3
+    from moire_al.errors import SettingsError
+
+    monkeypatch.setenv("MOIRE_AL_THREADS", "0")
+    with pytest.raises(SettingsError, match="MOIRE_AL_THREADS"):
+        config.environment()
 
 
 def test_round_document_fields_are_documented():

@@ -62,9 +62,70 @@ def test_compiled_rows_equal_jax_rows(elements, material, pbc, order):
         np.testing.assert_allclose(y, x, rtol=0, atol=1e-10 * np.abs(x).max())
 
 
+@pytest.mark.parametrize("elements,material", [([6], "graphene"), ([5, 7], "hbn")])
+def test_threaded_rows_and_committee_kernel_equal_the_serial_rows(elements, material):
+    """The rows on 2 and 3 threads (per-thread outputs added in thread order) equal one
+    thread's to 1e-12; each pair's edge factors computed once (reverse edge: radials shared,
+    harmonics by parity) give the rows of every edge computed alone; the committee kernel
+    (dB/dA contracted with C per site, no force rows) gives the rows times C."""
+    b = B.ACEBasis(elements, 3, 6, 5.5)
+    at = S.stacked(material, 2, 3, d=3.3, shifts=[[0, 0], [1.1, 0.3]], rattle=0.1, seed=5)
+    g = b.graph(at)
+    rev = g.reverse_edges()
+    assert rev is not None and np.array_equal(rev[rev], np.arange(len(rev)))
+    v = g.rij[g.mask]
+    np.testing.assert_array_equal(v[rev], -v)
+    b.threads_ = 1
+    serial = b._native_rows(g)
+    g_all = b.graph(at)
+    g_all.shift = None                       # no reverse edges: every edge's factors computed
+    for rows in (b._native_rows(g_all), b._native_rows(g, threads=2), b._native_rows(g, threads=3)):
+        for x, y in zip(serial, rows):
+            assert np.abs(x).max() > 0
+            np.testing.assert_allclose(y, x, rtol=0, atol=1e-12 * np.abs(x).max())
+    C = np.random.default_rng(2).normal(size=(b.L, 9))         # 9 models: padded to 16 inside
+    b.score_by_rows = True
+    want = b.evaluate(at, C, graph=g)
+    b.score_by_rows = False
+    for t in (1, 2):
+        b.threads_ = t
+        got = b.evaluate(at, C, graph=g)
+        for x, y in zip(want, got):
+            assert np.abs(x).max() > 0
+            np.testing.assert_allclose(y, x, rtol=0, atol=1e-12 * np.abs(x).max())
+
+
+def test_pipelined_normal_equations_equal_the_serial_loop():
+    """The fit's normal equations on 2 threads (rows of several structures at once beside the
+    previous block's dsyrk, called without the GIL) equal one thread's bit for bit, and the
+    GIL-free dsyrk equals scipy's wrapper bit for bit."""
+    from scipy.linalg.blas import dsyrk
+
+    from moire_al.labelling.reference import reference_calculator
+    from moire_al.models.ace import ACEModel
+    from moire_al.models.blr import syrk_upper
+
+    Pw = np.random.default_rng(3).normal(size=(300, 57))
+    np.testing.assert_array_equal(syrk_upper(Pw), dsyrk(1.0, Pw.T, trans=0, lower=0))
+    data = S.label(S.random_set("hbn", 8, seed=6, n=2, layers=(1, 2), rattle=(0.02, 0.08)),
+                   reference_calculator("hbn"), skip_failures=True)
+    m = ACEModel(order=2, totaldegree=6, d3=False, committee_size=2)
+    m.fit_plan(data)
+    out = []
+    for t in (2, 1):          # 2 first: the threads also race to load the kernel (ACEBasis.native)
+        m.basis_.threads_ = t
+        out.append(m.normal_equations(data, block_rows=100))
+    c, a = out
+    assert len(m.fit_blocks(data, 100)) >= 3 and a.n_obs == c.n_obs
+    for x, y in ((a.A, c.A), (a.A_lo, c.A_lo), (a.b, c.b), (a.b_lo, c.b_lo)):
+        np.testing.assert_array_equal(x, y)
+    assert np.abs(a.A).max() > 0 and (a.yWy, a.log_w2) == (c.yWy, c.log_w2)
+
+
 def test_committee_scoring_compiled_equals_todays_path(monkeypatch):
     """σ_E, σ_F and the relative force uncertainty of the loop's scoring (committee_scores)
-    from the compiled rows times the K+1 coefficient vectors equal the JAX path's to 1e-8."""
+    from the committee kernel equal those of the compiled rows times the K+1 coefficient
+    vectors and of the JAX path to 1e-8."""
     from moire_al.labelling.reference import reference_calculator
     from moire_al.models.ace import ACEModel
     from moire_al.workflows.loop import committee_scores
@@ -73,8 +134,16 @@ def test_committee_scoring_compiled_equals_todays_path(monkeypatch):
     model = ACEModel(order=2, totaldegree=6, committee_size=8, d3=False).fit(train)
     cands = S.random_set("graphene", 3, seed=5, n=3, rattle=(0.05, 0.15))
     assert model.basis_.native
+    model.basis_.threads_ = 2                  # two candidates at a time
     rel, sig = committee_scores(model, cands)
     p_new = model.predict_one(cands[0], committee=True, stress=True, d3=False)
+    model.basis_.threads_ = 1                  # the candidates one after the other
+    np.testing.assert_array_equal(committee_scores(model, cands)[1], sig)
+    model.basis_.threads_ = None
+    monkeypatch.setattr(model.basis_, "score_by_rows", True)     # the compiled rows times C
+    rel_r, sig_r = committee_scores(model, cands)
+    np.testing.assert_allclose(sig, sig_r, rtol=1e-8, atol=0)
+    np.testing.assert_allclose(rel, rel_r, rtol=1e-8, atol=0)
     monkeypatch.setattr(model.basis_, "_native_ok", False)      # today's path: JAX per-edge gradients
     rel0, sig0 = committee_scores(model, cands)
     p_old = model.predict_one(cands[0], committee=True, stress=True, d3=False)

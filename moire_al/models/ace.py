@@ -38,7 +38,8 @@ FORMAT_VERSION = 1
 #: ε of the relative force uncertainty, eV/Å
 FORCE_EPS = 0.2
 DEFAULT_WEIGHTS = {"E": 30.0, "F": 1.0, "V": 1.0}
-#: Design rows per block of the normal equations (one dsyrk each; ~L x 4096 doubles of memory)
+#: Design rows per block of the normal equations (one dsyrk each; ~L x 4096 doubles of memory,
+#: up to four blocks in flight: the next block is queued while one is built and one updated)
 BLOCK_ROWS = 4096
 
 
@@ -311,10 +312,16 @@ class ACEModel:
         :meth:`set_plan`): weighted design rows of energy (per atom), forces and virial (per
         atom), accumulated per block (``blocks``, default :meth:`fit_blocks`) by a symmetric
         rank-k update (BLAS dsyrk on the upper triangle) and added to the totals with an
-        error-free summation. Memory: O(L²) + one block's rows."""
-        from scipy.linalg.blas import dsyrk
+        error-free summation. Memory: O(L²) + up to four blocks' rows.
 
-        from .blr import NormalEquations
+        The work is pipelined over the basis' threads (:attr:`ACEBasis.threads`): the rows
+        of a block's structures are computed concurrently, one structure per thread (each
+        with the single-threaded kernel, so its rows are those of a serial fit bit for bit),
+        while the previous block's dsyrk runs without the GIL; the blocks' products and their
+        summation order are the serial fit's, so the result equals it exactly."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from .blr import NormalEquations, syrk_upper
 
         atoms_list = list(atoms_list)
         b = self.basis_
@@ -325,41 +332,66 @@ class ACEModel:
         t_rows = time.perf_counter()
         n_atoms, n_obs = 0, 0
         blocks = self.fit_blocks(atoms_list, block_rows) if blocks is None else blocks
-        for start, stop in blocks:
-            Pws, yws, lw2 = [], [], []
-            for k in range(start, stop):
-                at = atoms_list[k]
-                name = structure_name(at, k)
-                E, F, S = self._targets(at, name)
-                n = len(at)
-                n_atoms += n
-                comp = self._composition(at)
-                PsiE, PsiF, PsiS = b.structure_rows(at, name)
-                ws = _structure_weight(at, name) * (float(self.multilayer_weight) if layer_count(at) >= 2 else 1.0)
-                wE, wF, wV = (ws * float(self.weights[key]) for key in ("E", "F", "V"))
-                Pws.append(wE * np.concatenate([PsiE, comp])[None, :] / n)
-                yws.append(wE * np.array([(E - comp @ self.E0_) / n]))
-                Pws.append(wF * np.concatenate([PsiF, np.zeros((PsiF.shape[0], NZ))], axis=1))
-                yws.append(wF * F.reshape(-1))
-                counts["E"] += 1
-                counts["F"] += F.size
-                lw = 2 * np.log(wE) + F.size * 2 * np.log(wF)
-                if S is not None and PsiS is not None:
-                    vol = abs(np.linalg.det(at.cell.array))
-                    Pws.append(wV * np.concatenate([PsiS, np.zeros((6, NZ))], axis=1) * vol / n)
-                    yws.append(wV * S * vol / n)
-                    counts["V"] += 6
-                    lw += 12 * np.log(wV)
-                lw2.append(lw)
-                if verbose and (k + 1) % 10 == 0:
-                    log.info("rows %d/%d", k + 1, len(atoms_list))
-            Pw = np.concatenate(Pws)
-            yw = np.concatenate(yws)
-            n_obs += len(yw)
-            # upper triangle of PwᵀPw (lower left 0), as (Pwᵀ)(Pwᵀ)ᵀ: Pwᵀ is Fortran-ordered, so
-            # BLAS takes it without the transposed copy a C-ordered trans=1 call makes (1.4-1.7x)
-            AtA = dsyrk(1.0, Pw.T, trans=0, lower=0)
-            neq.add_block(AtA, Pw.T @ yw, float(yw @ yw), float(np.sum(lw2)))
+
+        def rows(k):
+            at = atoms_list[k]
+            return b.structure_rows(at, structure_name(at, k), threads=1)
+
+        def pending_add(fut, Pw, yw, lw2):
+            AtA = fut.result()
+            neq.add_block(AtA, Pw.T @ yw, float(yw @ yw), lw2)
+
+        nthreads = max(1, b.threads)
+        with ThreadPoolExecutor(max_workers=nthreads) as pool, ThreadPoolExecutor(max_workers=1) as blas:
+            prev = None
+            futs = {}
+
+            def submit(block):                # the rows of a block, queued ahead of their use
+                futs.update({k: pool.submit(rows, k) for k in range(*block)})
+
+            if blocks:
+                submit(blocks[0])
+            for bi, (start, stop) in enumerate(blocks):
+                if bi + 1 < len(blocks):      # keeps the threads busy while this block waits
+                    submit(blocks[bi + 1])
+                Pws, yws, lw2 = [], [], []
+                for k in range(start, stop):
+                    at = atoms_list[k]
+                    name = structure_name(at, k)
+                    E, F, S = self._targets(at, name)
+                    n = len(at)
+                    n_atoms += n
+                    comp = self._composition(at)
+                    PsiE, PsiF, PsiS = futs.pop(k).result()
+                    ws = _structure_weight(at, name) * (float(self.multilayer_weight) if layer_count(at) >= 2 else 1.0)
+                    wE, wF, wV = (ws * float(self.weights[key]) for key in ("E", "F", "V"))
+                    Pws.append(wE * np.concatenate([PsiE, comp])[None, :] / n)
+                    yws.append(wE * np.array([(E - comp @ self.E0_) / n]))
+                    Pws.append(wF * np.concatenate([PsiF, np.zeros((PsiF.shape[0], NZ))], axis=1))
+                    yws.append(wF * F.reshape(-1))
+                    counts["E"] += 1
+                    counts["F"] += F.size
+                    lw = 2 * np.log(wE) + F.size * 2 * np.log(wF)
+                    if S is not None and PsiS is not None:
+                        vol = abs(np.linalg.det(at.cell.array))
+                        Pws.append(wV * np.concatenate([PsiS, np.zeros((6, NZ))], axis=1) * vol / n)
+                        yws.append(wV * S * vol / n)
+                        counts["V"] += 6
+                        lw += 12 * np.log(wV)
+                    lw2.append(lw)
+                    if verbose and (k + 1) % 10 == 0:
+                        log.info("rows %d/%d", k + 1, len(atoms_list))
+                Pw = np.concatenate(Pws)
+                del Pws
+                yw = np.concatenate(yws)
+                n_obs += len(yw)
+                if prev is not None:          # the previous block's dsyrk ran beside these rows
+                    pending_add(*prev)
+                # upper triangle of PwᵀPw (lower left 0), as (Pwᵀ)(Pwᵀ)ᵀ: Pwᵀ is Fortran-ordered,
+                # so BLAS takes it without a transposed copy (1.4-1.7x)
+                prev = (blas.submit(syrk_upper, Pw), Pw, yw, float(np.sum(lw2)))
+            if prev is not None:
+                pending_add(*prev)
         neq.n_obs, neq.counts, neq.n_structures, neq.n_atoms = n_obs, counts, len(atoms_list), n_atoms
         neq.time_rows_s = time.perf_counter() - t_rows
         return neq
@@ -410,14 +442,15 @@ class ACEModel:
         return self.coef_[:, None]
 
     def predict_one(self, atoms, name: str = "", committee: bool = True, stress: bool = True,
-                    d3: bool | None = None, members: bool = False) -> dict:
+                    d3: bool | None = None, members: bool = False, threads: int | None = None) -> dict:
         """Prediction for one structure (see :meth:`predict`). ``members=True`` also
         returns the committee members' ``energy_members`` (K,) eV and
-        ``forces_members`` (K, N, 3) eV/Å (ACE + E0, without D3: D3 is the same for all)."""
+        ``forces_members`` (K, N, 3) eV/Å (ACE + E0, without D3: D3 is the same for all).
+        ``threads``: of the compiled kernel (default the basis')."""
         self._check_fitted()
         validate_unlabelled(atoms, name, self.elements_)
         C = self._coefficient_matrix(committee)
-        E, F, S = self.basis_.evaluate(atoms, C, name, stress=stress)
+        E, F, S = self.basis_.evaluate(atoms, C, name, stress=stress, threads=threads)
         e0 = float(self._composition(atoms) @ self.E0_)
         out = {"energy": float(E[0]) + e0, "forces": F[0].copy(),
                "stress": None if S is None else S[0].copy()}
@@ -445,12 +478,31 @@ class ACEModel:
                 out["stress_std"] = np.std(S[1:], axis=0)
         return out
 
-    def predict(self, atoms_list, committee: bool = True) -> list[dict]:
+    def predict(self, atoms_list, committee: bool = True, stress: bool = True,
+                d3: bool | None = None) -> list[dict]:
         """Per structure: energy (eV), forces (N, 3), stress (6,) or None, and with the
         committee energy_std (eV), forces_std (N,) = sqrt(mean_k ‖F_i^k − F̄_i‖²) (eV/Å),
-        rel_force_unc (N,) = forces_std / (‖F_i‖ + 0.2 eV/Å), max_force_std, max_rel_force_unc."""
-        return [self.predict_one(at, structure_name(at, k), committee=committee)
-                for k, at in enumerate(atoms_list)]
+        rel_force_unc (N,) = forces_std / (‖F_i‖ + 0.2 eV/Å), max_force_std, max_rel_force_unc.
+
+        Without D3 the structures are evaluated concurrently on the basis' threads, one
+        structure per thread with the single-threaded kernel (a queue of structures keeps both
+        cores busy where a structure split over threads waits for its slowest part on shared
+        cores; the numbers are those of a serial loop)."""
+        self._check_fitted()
+        atoms_list = list(atoms_list)
+        nthreads = self.basis_.threads
+        add_d3 = self.d3 if d3 is None else (d3 and self.d3)
+
+        def one(k):
+            return self.predict_one(atoms_list[k], structure_name(atoms_list[k], k), committee=committee,
+                                    stress=stress, d3=d3, threads=1 if nthreads > 1 else None)
+
+        if add_d3 or nthreads <= 1 or len(atoms_list) < 2 or not self.basis_.native:
+            return [one(k) for k in range(len(atoms_list))]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=nthreads) as pool:
+            return list(pool.map(one, range(len(atoms_list))))
 
     def score(self, atoms_list, kind: str = "rel", d3: bool = False) -> np.ndarray:
         """Selection score per structure: ``kind="rel"`` max_i rel_force_unc (dimensionless),
@@ -461,12 +513,10 @@ class ACEModel:
         these layered systems are a few 10 meV/Å against ε = 200 meV/Å)."""
         if kind not in ("rel", "abs", "energy"):
             raise ModelError(f"score: unknown kind {kind!r} (rel, abs, energy)")
-        out = []
-        for k, at in enumerate(atoms_list):
-            p = self.predict_one(at, structure_name(at, k), committee=True, stress=False, d3=d3)
-            out.append(p["max_rel_force_unc"] if kind == "rel" else p["max_force_std"] if kind == "abs"
-                       else p["energy_std"] / len(at))
-        return np.asarray(out, float)
+        atoms_list = list(atoms_list)
+        preds = self.predict(atoms_list, committee=True, stress=False, d3=d3)
+        return np.asarray([p["max_rel_force_unc"] if kind == "rel" else p["max_force_std"] if kind == "abs"
+                           else p["energy_std"] / len(at) for p, at in zip(preds, atoms_list)], float)
 
     def calculator(self, committee: bool = True):
         """An ASE calculator of this model (energy, forces, stress; with committee=True also

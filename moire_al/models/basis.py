@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +63,7 @@ import jax.numpy as jnp  # noqa: E402
 from moire_al.errors import ModelError  # noqa: E402
 
 log = logging.getLogger(__name__)
+_NATIVE_LOCK = threading.Lock()
 
 #: Largest number of centre atoms evaluated in one compiled call. Structures with
 #: more atoms are processed in chunks of this size (bounded memory, one compile).
@@ -215,10 +217,33 @@ class _Graph:
     mask: np.ndarray     # (n, K) live slots
     node_z: np.ndarray   # (n,) species index
     volume: float | None
+    shift: np.ndarray | None = None     # (E, 3) image shift per live edge (edge order of rij[mask])
+
+    def reverse_edges(self) -> np.ndarray | None:
+        """Per live edge (order of ``rij[mask]``) the index of its reverse edge (j -> i, the
+        opposite image shift), or None when the list is not symmetric."""
+        if self.shift is None:
+            return None
+        counts = self.mask.sum(axis=1)
+        i = np.repeat(np.arange(self.n), counts)
+        j = self.idx[self.mask]
+        S = self.shift
+        o1 = np.lexsort((S[:, 2], S[:, 1], S[:, 0], j, i))
+        o2 = np.lexsort((-S[:, 2], -S[:, 1], -S[:, 0], i, j))
+        if not (np.array_equal(i[o1], j[o2]) and np.array_equal(j[o1], i[o2])
+                and np.array_equal(S[o1], -S[o2])):
+            return None
+        rev = np.empty(len(i), np.int64)
+        rev[o2] = o1
+        return rev
 
 
 class ACEBasis:
     """A frozen ace-jax ACE basis with design-row and committee evaluation."""
+
+    #: evaluate r models as the force rows times C (the path before the committee kernel;
+    #: benchmarks/model.py compares the two)
+    score_by_rows = False
 
     def __init__(self, elements, order=3, totaldegree=10, rcut=5.5, wL=1.5):
         self.elements = tuple(sorted(int(z) for z in elements))
@@ -278,7 +303,7 @@ class ACEBasis:
         cell = np.asarray(atoms.cell.array, float)
         if not pbc.any():
             cell = np.eye(3) * (np.ptp(pos, axis=0).max() + 2 * self.rcut + 1.0)
-        i, j, Dv = _neighbour_list(pos, cell, pbc, self.rcut)[:3]
+        i, j, Dv, Sv = _neighbour_list(pos, cell, pbc, self.rcut)[:4]
         n = len(atoms)
         counts = np.bincount(i, minlength=n)
         kmax = int(counts.max(initial=1))
@@ -287,7 +312,7 @@ class ACEBasis:
         live = np.arange(K)[None, :] < count[:, None]
         dist = np.where(live[..., None], dist, np.array([self.rcut, 0.0, 0.0]))
         vol = float(abs(np.linalg.det(atoms.cell.array))) if pbc.all() and atoms.cell.rank == 3 else None
-        return _Graph(n, dist, idx, live, node_z, vol)
+        return _Graph(n, dist, idx, live, node_z, vol, np.asarray(Sv, np.int64))
 
     def _chunks(self, g: _Graph):
         """Yield (start, stop, padded arrays) over centre-atom chunks."""
@@ -323,20 +348,36 @@ class ACEBasis:
 
     # ------------------------------------------------------------------ compiled rows
     @property
+    def threads(self) -> int:
+        """Threads of the compiled kernels: ``threads_`` if set, else ``$MOIRE_AL_THREADS``,
+        else the cores this process may use. Results do not depend on it beyond round-off
+        (the rows of 2 threads equal 1 thread's to ~1e-15; the edge factors bit for bit)."""
+        if getattr(self, "threads_", None):
+            return int(self.threads_)
+        from moire_al.config import environment
+
+        return environment().threads or len(os.sched_getaffinity(0))
+
+    @property
     def native(self) -> bool:
         """True when the compiled row kernel (``csrc/ace_rows.cpp``) builds here; else the
-        JAX rows serve."""
+        JAX rows serve. Thread-safe: the fit's and the scoring's threads may ask first at
+        once, and none may see a half-made answer (it would take the JAX rows, equal only to
+        round-off)."""
         if not hasattr(self, "_native_ok"):
-            self._native_ok = False
-            try:
-                from . import native
+            with _NATIVE_LOCK:
+                if not hasattr(self, "_native_ok"):
+                    ok = False
+                    try:
+                        from . import native
 
-                self._lib = native.load("ace_rows")
-                self._lib.ace_rows.restype = ctypes.c_int
-                self._plan = self._native_plan()
-                self._native_ok = True
-            except ModelError as exc:
-                log.warning("compiled ACE rows unavailable, using the JAX rows: %s", exc)
+                        self._lib = native.load("ace_rows")
+                        self._lib.ace_rows.restype = ctypes.c_int
+                        self._plan = self._native_plan()
+                        ok = True
+                    except ModelError as exc:
+                        log.warning("compiled ACE rows unavailable, using the JAX rows: %s", exc)
+                    self._native_ok = ok
         return self._native_ok
 
     def _native_plan(self) -> dict:
@@ -377,12 +418,13 @@ class ACEBasis:
         return (not m.rtab_grid and m.radial_kind == "analytic" and m.rnl_basis == "poly"
                 and m.pair_radial_kind == "analytic")
 
-    def _edge_factors(self, v, z1, z2):
+    def _edge_factors(self, v, z1, z2, rev=None, threads: int | None = None):
         """Per-edge (R, R', Rpair, Rpair', Y, ∇Y (E, 3, nY)): compiled for ace-jax's analytic
-        radials, else :func:`_edge_kernel` padded and split into few compiled shapes."""
+        radials (``rev``, the reverse edge of each: a pair of the same species pair is
+        computed once), else :func:`_edge_kernel` padded and split into few compiled shapes."""
         E = len(v)
         if self._analytic():
-            return self._native_edge_factors(v, z1, z2)
+            return self._native_edge_factors(v, z1, z2, rev, threads)
         outs = []
         for a in range(0, max(E, 1), EDGE_MAX):
             b = min(a + EDGE_MAX, E)
@@ -399,7 +441,7 @@ class ACEBasis:
             outs.append([np.asarray(x)[:m] for x in res])
         return [np.ascontiguousarray(np.concatenate(x)) for x in zip(*outs)]
 
-    def _native_edge_factors(self, v, z1, z2):
+    def _native_edge_factors(self, v, z1, z2, rev=None, threads: int | None = None):
         from .native import dptr as dp, iptr as ip
 
         m = self.model
@@ -417,56 +459,91 @@ class ACEBasis:
         Rp, dRp = np.empty((E, n_pair)), np.empty((E, n_pair))
         Y, dY = np.empty((E, nY)), np.empty((E, 3, nY))
         pz = np.ascontiguousarray(np.asarray(z1, np.int64) * self.NZ + np.asarray(z2, np.int64), np.int32)
+        src = None
+        if rev is not None:
+            e = np.arange(E)
+            src = np.where((rev < e) & (pz[np.minimum(rev, E - 1)] == pz), rev, -1).astype(np.int32)
         c = ctypes.c_int
         self._lib.ace_edge_factors(
             c(E), dp(np.ascontiguousarray(v, float)), ip(pz), dp(rt), dp(re), c(re.shape[-1]), dp(rW), c(n_rnl),
             dp(rA), dp(rB), dp(rC), c(len(rA)), dp(pt), dp(pe), c(pe.shape[-1]), c(kind), dp(pW), c(n_pair),
             dp(pA), dp(pB), dp(pC), c(len(pA)), c(m.lmax), c(int(m.ysolid)),
-            dp(R), dp(dR), dp(Rp), dp(dRp), dp(Y), dp(dY))
+            dp(R), dp(dR), dp(Rp), dp(dRp), dp(Y), dp(dY), None if src is None else ip(src),
+            c(threads or self.threads))
         return R, dR, Rp, dRp, Y, dY
 
-    def _native_rows(self, g: _Graph, stress: bool = True):
-        """(PsiE (L,), PsiF (3n, L), S (3, 3, L) or None) from the compiled kernel; S is the
-        unsymmetrised Σ ∂X/∂v_a v_b, as in :meth:`structure_rows`."""
+    def _native_inputs(self, g: _Graph, threads: int | None = None) -> tuple[list, tuple]:
+        """(ctypes arguments, arrays they point into: keep them alive) of ``ace_rows`` in either
+        mode: the structure's edges, their factors and the coupling plan."""
         if not self.native:
             raise ModelError("the compiled ACE rows are unavailable on this machine (see the log)")
+        from .native import dptr as dp, iptr as ip
+
         P = self._plan
         v = np.ascontiguousarray(g.rij[g.mask])
         counts = g.mask.sum(axis=1)
         centre = np.repeat(np.arange(g.n), counts)
         nbr = np.ascontiguousarray(g.idx[g.mask], np.int32)
-        R, dR, Rp, dRp, Y, dY = self._edge_factors(v, g.node_z[centre], g.node_z[nbr])
+        R, dR, Rp, dRp, Y, dY = self._edge_factors(v, g.node_z[centre], g.node_z[nbr], g.reverse_edges(),
+                                                   threads)
         off = np.ascontiguousarray(np.concatenate([[0], np.cumsum(counts)]), np.int32)
+        zc = np.ascontiguousarray(g.node_z, np.int32)
+        nY = Y.shape[1] if Y.ndim == 2 else 0
+        c = ctypes.c_int
+        args = [c(g.n), ip(off), ip(nbr), dp(v), ip(zc), c(self.D), c(self.L), c(R.shape[1]), dp(R), dp(dR),
+                c(Rp.shape[1]), dp(Rp), dp(dRp), c(nY), dp(Y), dp(dY),
+                c(P["n_A"]), ip(P["ar"]), ip(P["ay"]), c(len(P["aa_off"]) - 1), ip(P["aa_off"]), ip(P["aa_fac"]),
+                c(len(P["t_row"])), ip(P["t_row"]), ip(P["t_col"]), dp(P["t_val"]), c(len(P["u_b"])),
+                ip(P["u_b"]), ip(P["u_a"]), ip(P["u_off"]), ip(P["e_src"]), dp(P["e_val"])]
+        return args, (v, nbr, off, zc, R, dR, Rp, dRp, Y, dY)
+
+    def _native_rows(self, g: _Graph, stress: bool = True, threads: int | None = None):
+        """(PsiE (L,), PsiF (3n, L), S (3, 3, L) or None) from the compiled kernel; S is the
+        unsymmetrised Σ ∂X/∂v_a v_b, as in :meth:`structure_rows`."""
+        from .native import dptr as dp
+
+        args, _keep = self._native_inputs(g, threads)
         PsiE = np.zeros(self.L)
         PsiF = np.zeros((3 * g.n, self.L))
         S = np.zeros((3, 3, self.L)) if stress and g.volume is not None else None
-        from .native import dptr as dp, iptr as ip
-
-        nY = Y.shape[1] if Y.ndim == 2 else 0
-        status = self._lib.ace_rows(
-            ctypes.c_int(g.n), ip(off), ip(nbr), dp(v), ip(np.ascontiguousarray(g.node_z, np.int32)),
-            ctypes.c_int(self.D), ctypes.c_int(self.L), ctypes.c_int(R.shape[1]), dp(R), dp(dR),
-            ctypes.c_int(Rp.shape[1]), dp(Rp), dp(dRp), ctypes.c_int(nY), dp(Y), dp(dY),
-            ctypes.c_int(P["n_A"]), ip(P["ar"]), ip(P["ay"]), ctypes.c_int(len(P["aa_off"]) - 1),
-            ip(P["aa_off"]), ip(P["aa_fac"]), ctypes.c_int(len(P["t_row"])), ip(P["t_row"]), ip(P["t_col"]),
-            dp(P["t_val"]), ctypes.c_int(len(P["u_b"])), ip(P["u_b"]), ip(P["u_a"]), ip(P["u_off"]),
-            ip(P["e_src"]), dp(P["e_val"]), dp(PsiE), dp(PsiF), dp(S) if S is not None else None)
+        status = self._lib.ace_rows(*args, None, ctypes.c_int(0), dp(PsiE), dp(PsiF), dp(S),
+                                    ctypes.c_int(threads or self.threads))
         if status:
             raise ModelError("two atoms coincide (an edge of zero length)")
         return PsiE, PsiF, S
 
+    def _native_committee(self, g: _Graph, C: np.ndarray, stress: bool = True, threads: int | None = None):
+        """(PsiE (L,), F (3n, r), S (3, 3, r) or None) of r linear models C (L, r) from the
+        compiled kernel without the force rows: per site dB/dA is contracted with C first
+        (n_A x r), then with the edge derivatives of A (the committee's scoring)."""
+        from .native import dptr as dp
+
+        args, _keep = self._native_inputs(g, threads)
+        C = np.ascontiguousarray(C, float)
+        r = C.shape[1]
+        PsiE = np.zeros(self.L)
+        F = np.zeros((3 * g.n, r))
+        S = np.zeros((3, 3, r)) if stress and g.volume is not None else None
+        status = self._lib.ace_rows(*args, dp(C), ctypes.c_int(r), dp(PsiE), dp(F), dp(S),
+                                    ctypes.c_int(threads or self.threads))
+        if status:
+            raise ModelError("two atoms coincide (an edge of zero length)")
+        return PsiE, F, S
+
     # ------------------------------------------------------------------ design rows
-    def structure_rows(self, atoms, name="", graph: _Graph | None = None, native: bool | None = None):
+    def structure_rows(self, atoms, name="", graph: _Graph | None = None, native: bool | None = None,
+                       threads: int | None = None):
         """Design rows of one structure in our column layout.
 
         Returns (PsiE (L,), PsiF (3n, L) ordered atom-major (x,y,z per atom),
         PsiS (6, L) Voigt stress rows (ASE sign, eV/Å³ per unit coefficient) or None
         when the structure is not 3D periodic). ``native`` (default: when available)
-        takes them from the compiled kernel, else from the JAX edge Jacobian.
+        takes them from the compiled kernel (on ``threads``, default :attr:`threads`), else
+        from the JAX edge Jacobian.
         """
         g = graph or self.graph(atoms, name)
         if self.native if native is None else native:
-            PsiE, PsiF, S = self._native_rows(g)
+            PsiE, PsiF, S = self._native_rows(g, threads=threads)
             return PsiE, PsiF, self._voigt_rows(S, g)
         L, D = self.L, self.D
         PsiE = np.zeros(L)
@@ -503,25 +580,31 @@ class ACEBasis:
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, atoms, C: np.ndarray, name="", graph: _Graph | None = None, stress=True,
-                 native: bool | None = None):
+                 native: bool | None = None, threads: int | None = None):
         """Energies (r,), forces (r, n, 3), stresses (r, 6) or None of r linear models.
 
         C: (L, r) coefficients in our layout (column 0 is usually the posterior mean,
         the others committee members). One basis evaluation serves all r models: with the
-        compiled kernel (``native``, default when available) the design rows of
-        :meth:`structure_rows` times C, one matrix product (the committee's scoring);
-        else the JAX per-edge gradients of the r models.
+        compiled kernel (``native``, default when available) per site dB/dA times C, then
+        the edge derivatives of A (``ace_rows`` given C: the force rows are never formed; the
+        committee's scoring), or with ``score_by_rows`` the rows of :meth:`structure_rows`
+        times C; else the JAX per-edge gradients of the r models.
         """
         g = graph or self.graph(atoms, name)
         C = np.asarray(C, float)
         if C.ndim == 1:
             C = C[:, None]
         r = C.shape[1]
-        if self.native if native is None else native:
-            PsiE, PsiF, S = self._native_rows(g, stress)
+        if (self.native if native is None else native) and self.score_by_rows:
+            PsiE, PsiF, S = self._native_rows(g, stress, threads)
             F = (PsiF @ C).reshape(g.n, 3, r).transpose(2, 0, 1)
             PsiS = self._voigt_rows(S, g) if stress else None
             return PsiE @ C, F, None if PsiS is None else (PsiS @ C).T
+        if self.native if native is None else native:
+            PsiE, Fc, S = self._native_committee(g, C, stress, threads)
+            F = Fc.reshape(g.n, 3, r).transpose(2, 0, 1)
+            PsiS = self._voigt_rows(S, g) if stress else None
+            return PsiE @ C, F, None if PsiS is None else PsiS.T
         Cz = C.reshape(self.NZ, self.D, r)
         CB = jnp.asarray(Cz[:, : self.n_B])
         CP = jnp.asarray(Cz[:, self.n_B:])

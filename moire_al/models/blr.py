@@ -34,6 +34,57 @@ import numpy as np
 from moire_al.errors import ModelError
 
 
+def syrk_upper(Pw: np.ndarray) -> np.ndarray:
+    """The upper triangle of PwᵀPw (lower left 0, Fortran order) by BLAS dsyrk on Pwᵀ (no
+    copy of a C-ordered Pw). Called through scipy's ``cython_blas`` function pointer with
+    ctypes, which releases the GIL (scipy's ``dsyrk`` wrapper holds it for the whole call,
+    measured), so other threads run beside it; the same BLAS routine and arguments as
+    ``scipy.linalg.blas.dsyrk(1.0, Pw.T, trans=0, lower=0)``, hence the same numbers."""
+    Pw = np.ascontiguousarray(Pw, float)
+    k, n = Pw.shape
+    fn = _dsyrk_pointer()
+    if fn is None or n == 0 or k == 0:
+        from scipy.linalg.blas import dsyrk
+
+        return dsyrk(1.0, Pw.T, trans=0, lower=0)
+    import ctypes
+
+    C = np.zeros((n, n), order="F")
+    ci = lambda v: ctypes.byref(ctypes.c_int(v))              # noqa: E731
+    cd = lambda v: ctypes.byref(ctypes.c_double(v))           # noqa: E731
+    dp = lambda a: a.ctypes.data_as(ctypes.POINTER(ctypes.c_double))   # noqa: E731
+    fn(ctypes.c_char_p(b"U"), ctypes.c_char_p(b"N"), ci(n), ci(k), cd(1.0), dp(Pw), ci(n), cd(0.0), dp(C), ci(n))
+    return C
+
+
+_DSYRK: list = []
+
+
+def _dsyrk_pointer():
+    """scipy.linalg.cython_blas' dsyrk as a ctypes function (None if unavailable)."""
+    if not _DSYRK:
+        fn = None
+        try:
+            import ctypes
+
+            import scipy.linalg.cython_blas as cb
+
+            cap = cb.__pyx_capi__["dsyrk"]
+            get_name = ctypes.pythonapi.PyCapsule_GetName
+            get_name.restype, get_name.argtypes = ctypes.c_char_p, [ctypes.py_object]
+            get_ptr = ctypes.pythonapi.PyCapsule_GetPointer
+            get_ptr.restype, get_ptr.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+            ptr = get_ptr(cap, get_name(cap))
+            c_int_p, c_dbl_p = ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_double)
+            proto = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_char_p, c_int_p, c_int_p, c_dbl_p, c_dbl_p,
+                                     c_int_p, c_dbl_p, c_dbl_p, c_int_p)
+            fn = proto(ptr)
+        except Exception:  # pragma: no cover - another scipy layout: the wrapper serves
+            fn = None
+        _DSYRK.append(fn)
+    return _DSYRK[0]
+
+
 def _two_sum(a, b):
     """(s, e) with s = fl(a + b) and a + b = s + e exactly (Knuth), elementwise."""
     s = a + b

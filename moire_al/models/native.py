@@ -29,7 +29,8 @@ KERNELS = ("d3", "ace_rows")
 #: Extra flags per kernel, tried first (a compiler that rejects them builds with FLAGS alone).
 #: d3: SIMD pair loops for this CPU (`omp simd` only; its threads are std::thread; measured
 #: in docs/benchmarks.md); -march=native puts the CPU's identity into the cache key.
-EXTRA_FLAGS = {"d3": ("-march=native", "-fopenmp-simd", "-pthread")}
+#: ace_rows: its threads are std::thread.
+EXTRA_FLAGS = {"d3": ("-march=native", "-fopenmp-simd", "-pthread"), "ace_rows": ("-pthread",)}
 _LOCK = threading.Lock()
 _LOADED: dict = {}
 

@@ -51,14 +51,12 @@ def select_most_uncertain(hashes: list[str], scores: np.ndarray, n: int) -> list
 
 
 def committee_scores(model, atoms_list) -> tuple[np.ndarray, np.ndarray]:
-    """Per structure, from one committee evaluation each: (max_i relative force
-    uncertainty ‖σ F_i‖ / (‖F̄_i‖ + 0.2 eV/Å), max_i ‖σ F_i‖ in eV/Å)."""
-    rel, absolute = [], []
-    for atoms in atoms_list:
-        p = model.predict_one(atoms, committee=True, stress=False, d3=False)
-        rel.append(p["max_rel_force_unc"])
-        absolute.append(p["max_force_std"])
-    return np.asarray(rel, dtype=float), np.asarray(absolute, dtype=float)
+    """Per structure, from one committee evaluation each (:meth:`ACEModel.predict`: the
+    structures on the basis' threads): (max_i relative force uncertainty
+    ‖σ F_i‖ / (‖F̄_i‖ + 0.2 eV/Å), max_i ‖σ F_i‖ in eV/Å)."""
+    preds = model.predict(atoms_list, committee=True, stress=False, d3=False)
+    return (np.array([p["max_rel_force_unc"] for p in preds], dtype=float),
+            np.array([p["max_force_std"] for p in preds], dtype=float))
 
 
 def force_errors(model, atoms_list) -> dict:
