@@ -261,8 +261,8 @@ def main(argv=None) -> int:
     ref = reference_calculator("graphene")
     kc = us(md_timer(ref, big))
     rows.append(("KC+REBO in LAMMPS (baseline)", kc))
-    rows.append((f"ACE (3,{deg_default}) + 32 committee, committee kernel (new, {m3.basis_.threads} threads)", us(timeit(
-        lambda: m3.predict_one(big, committee=True, stress=False, d3=False), 1))))
+    rows.append((f"ACE (3,{deg_default}) + 32 committee, committee kernel (new, {m3.basis_.threads} threads)",
+                 us(timeit(lambda: m3.predict_one(big, committee=True, stress=False, d3=False), 1))))
     with todays_path(m3.basis_):
         rows.append((f"ACE (3,{deg_default}) + 32 committee, today's compiled rows x 33 coefficients", us(timeit(
             lambda: m3.predict_one(big, committee=True, stress=False, d3=False), 1))))
@@ -288,11 +288,11 @@ def main(argv=None) -> int:
     rows_fig = {}
     for label, (els, order, deg) in (("L1.5k", ([5, 7], 3, 10)), ("L5k", ([5, 7], 3, 14))):
         b = B.ACEBasis(els, order, deg, 5.5)
-        t_new = timeit(lambda: b.structure_rows(hx), 2) / len(hx)
-        t_one = timeit(lambda: b.structure_rows(hx, threads=1), 2) / len(hx)
+        t_new = timeit(lambda b=b: b.structure_rows(hx), 2) / len(hx)
+        t_one = timeit(lambda b=b: b.structure_rows(hx, threads=1), 2) / len(hx)
         with todays_path(b):
-            t_today = timeit(lambda: b.structure_rows(hx), 2) / len(hx)
-        t_jax = timeit(lambda: b.structure_rows(hx, native=False), 1) / len(hx)
+            t_today = timeit(lambda b=b: b.structure_rows(hx), 2) / len(hx)
+        t_jax = timeit(lambda b=b: b.structure_rows(hx, native=False), 1) / len(hx)
         Pw = np.random.default_rng(0).normal(size=(4096, b.L + 2))
         t = time.perf_counter()
         dsyrk(1.0, Pw.T, trans=0, lower=0)                  # today's call
