@@ -297,26 +297,11 @@ def test_neb_finetune_workflow_labels_the_images_refits_and_runs_the_neb_again(g
     """Seed 003's example on a 27-atom vacancy cell (21.8° bilayer) with the reference
     potential (not DFT) as the labeller and a base model fitted on its labels of a few
     rattled bilayers and vacancy cells, replayed from a file."""
-    import ase.io
-
-    from moire_al.analysis.neb import vacancy_endpoints
     from moire_al.store.mongo import Store
-    from moire_al.structures import twisted_bilayer
     from moire_al.workflows.builders import neb_finetune_workflow
-    from moire_al.workflows.settings import NebFinetuneSettings
-    import synthetic as S
 
     monkeypatch.chdir(tmp_path)
-    vac = []
-    for k in range(6):
-        a = vacancy_endpoints(twisted_bilayer("graphene", m=1))[k % 2]
-        a.positions += np.random.default_rng(k).normal(0, 0.05, a.positions.shape)
-        vac.append(a)
-    train = S.label(S.random_set("graphene", 8, seed=3, n=3, layers=(2,), rattle=(0.0, 0.05)) + vac, gcalc)
-    ase.io.write(tmp_path / "train.xyz", train, format="extxyz")
-    s = NebFinetuneSettings(m=1, labeller="reference", train_file=str(tmp_path / "train.xyz"),
-                            model={"order": 2, "totaldegree": 6, "committee_size": 8},
-                            neb={"n_images": 1, "fmax": 0.1, "steps": 20, "relax_fmax": 0.1}, finetune_id="nf")
+    train, s = _neb_case(gcalc, tmp_path)
     launchpad.add_wf(neb_finetune_workflow(s))
     _run(launchpad)
     assert launchpad.get_fw_ids({"state": "COMPLETED"}, count_only=True) == 1 + 3 + 1 + 1   # NEB, 3 labels, refit, NEB
@@ -344,7 +329,7 @@ def test_neb_finetune_workflow_labels_the_images_refits_and_runs_the_neb_again(g
 
 
 def _neb_case(gcalc, tmp_path, **settings):
-    """The 27-atom vacancy case above: (train file's structures, settings)."""
+    """The 27-atom vacancy case of these tests: (train file's structures, settings)."""
     import ase.io
 
     from moire_al.analysis.neb import vacancy_endpoints
