@@ -31,6 +31,8 @@ cache) and computes nothing. CP2K calls: test frames + at most 2 × seeds × max
     .venv/bin/python benchmarks/explore.py --part halve --labeller reference        # classical, not DFT: minutes
     .venv/bin/python benchmarks/explore.py --part halve --dry-run                   # CP2K: count, compute nothing
     .venv/bin/python benchmarks/explore.py --part halve                             # CP2K: <= 26 calls, 36 atoms
+    .venv/bin/python benchmarks/explore.py --part halve --halve-seeds 3 --labeller dataset \
+        --replay data/dft/explore_md_graphene_cp2k.extxyz                           # the committed CP2K run, replayed
 
 Ends with one JSON line of all figures.
 """
