@@ -59,19 +59,26 @@ def _labelled(store: Store, pairs) -> list:
     return atoms
 
 
+def _task_labels(store: Store, labeller: str, labeller_settings: dict, hashes: list[str]):
+    """(label keys, labelled structures, hashes without a label) of the stored structures
+    ``hashes`` by that labeller."""
+    from moire_al.labelling import get_labeller
+
+    lab = get_labeller(labeller, labeller_settings)
+    keys = [key_of(lab, a) for a in store.get_structures(hashes)]
+    labelled, missing = store.labelled_atoms(hashes, keys)
+    return keys, labelled, missing
+
+
 def finetune_job(store: Store, s: FinetuneSettings, finetune_id: str) -> FinetuneDoc:
     """Refit ``s.model_id`` on its training labels + the task labels stored so far; store
     the new model (``<finetune_id>-model``) and the job's document; returns it."""
-    from moire_al.labelling import get_labeller
     from moire_al.models import ACEModel
     from moire_al.models.finetune import finetune
     from moire_al.workflows.loop import labels_description
 
     t0 = time.time()
-    labeller = get_labeller(s.labeller, s.labeller_settings)
-    task_atoms = store.get_structures(s.task)
-    keys = [key_of(labeller, a) for a in task_atoms]
-    task, missing = store.labelled_atoms(s.task, keys)
+    keys, task, missing = _task_labels(store, s.labeller, s.labeller_settings, s.task)
     if not task:
         raise LabelError(f"fine-tuning {finetune_id}: none of the {len(s.task)} task structures has a label")
     with tempfile.TemporaryDirectory() as tmp:
@@ -160,7 +167,6 @@ def neb_after(store: Store, s: NebFinetuneSettings, finetune_id: str, workdir, r
     """The NEB again with the fine-tuned model; barrier before/after, the labels' own
     barrier along the path before (the check of the model before: ``converged``) and the
     after path's images (the next round's task), in the job's document."""
-    from moire_al.labelling import get_labeller
     from moire_al.models import ACEModel
 
     doc = store.get_finetune(finetune_id)
@@ -176,9 +182,7 @@ def neb_after(store: Store, s: NebFinetuneSettings, finetune_id: str, workdir, r
     store.put_analysis({"analysis": "neb_vacancy", "model_id": doc.new_model_id, "finetune_id": finetune_id,
                         "stage": "after", "round": round_, "material": s.material, "result": res, "error": None,
                         "launch_dir": str(workdir), "created": utcnow()})
-    labeller = get_labeller(s.labeller, s.labeller_settings)
-    images = store.get_structures(doc.task)
-    labelled, missing = store.labelled_atoms(doc.task, [key_of(labeller, a) for a in images])
+    _, labelled, missing = _task_labels(store, s.labeller, s.labeller_settings, doc.task)
     barrier_labels = None
     if not missing:   # every image labelled: the labels' barrier along the base model's path
         from moire_al.conventions import REF_ENERGY
@@ -207,14 +211,11 @@ def next_round(store: Store, s: NebFinetuneSettings, doc: FinetuneDoc, done: Fin
     round's after path; its base model this round's new model; its training set the
     previous one + this round's task labels. Its document is stored (the path before =
     this round's after path)."""
-    from moire_al.labelling import get_labeller
-
     if round_ + 1 >= s.rounds or doc.converged or not doc.path_after or not doc.new_model_id:
         return None
-    labeller = get_labeller(s.labeller, s.labeller_settings)
-    keys = [key_of(labeller, a) for a in store.get_structures(done.task)]
-    have = store.label_keys_present(keys)
-    train = [list(p) for p in done.train] + [[h, k] for h, k in zip(done.task, keys) if k in have]
+    keys, _, missing = _task_labels(store, s.labeller, s.labeller_settings, done.task)
+    unlabelled = set(missing)
+    train = [list(p) for p in done.train] + [[h, k] for h, k in zip(done.task, keys) if h not in unlabelled]
     base_id = doc.finetune_id[: -len(f"-r{round_}")] if round_ else doc.finetune_id
     fid = round_id(base_id, round_ + 1)
     nxt = FinetuneSettings(model_id=doc.new_model_id, task=list(doc.path_after), train=train, test=list(done.test),
