@@ -387,6 +387,10 @@ class Store:
         return None if d is None else FinetuneDoc.from_dict(d)
 
     @_retrying
+    def count_finetunes(self) -> int:
+        return self.db["finetunes"].count_documents({})
+
+    @_retrying
     def get_finetunes(self) -> list[FinetuneDoc]:
         """Every fine-tuning job, oldest first."""
         return [FinetuneDoc.from_dict(d) for d in self.db["finetunes"].find({}, {"_id": 0}).sort("created", 1)]

@@ -167,7 +167,7 @@ def index():
         return c.isoformat() if isinstance(c, _dt.datetime) else str(c or "")
 
     loops.sort(key=created_key, reverse=True)
-    n_finetunes = len(store.get_finetunes())
+    n_finetunes = store.count_finetunes()
     rows = []
     for lp in loops:
         key = str(lp.loop_id)
@@ -193,11 +193,6 @@ def _get_finetune(finetune_id: str) -> FinetuneDoc:
     return doc
 
 
-def _f_rmse(table: Any) -> float | None:
-    """The force RMSE over all structures of an ``rmse_table`` dict."""
-    return _num(table.get("all", {}).get("F_eV_per_A")) if isinstance(table, dict) else None
-
-
 def _finetune_state(doc: FinetuneDoc) -> str:
     if doc.new_model_id and (doc.neb_before is None or doc.neb_after is not None):
         return "finished"
@@ -211,9 +206,10 @@ def _finetune_row(doc: FinetuneDoc) -> dict:
         "finetune_id": doc.finetune_id, "state": _finetune_state(doc), "labels": doc.labels or doc.labeller,
         "model_id": doc.model_id, "new_model_id": doc.new_model_id,
         "n_task": len(doc.task) if isinstance(doc.task, list) else doc.n_task,
-        "n_labelled": doc.n_task, "n_failed": doc.n_failed, "n_train": doc.n_train,
-        "task_f": (_f_rmse(doc.task_before), _f_rmse(doc.task_after)),
-        "test_f": (_f_rmse(doc.test_before), _f_rmse(doc.test_after)), "test_set": doc.test_set,
+        "n_failed": doc.n_failed, "n_train": doc.n_train,
+        "task_f": (report.table_f_rmse(doc.task_before), report.table_f_rmse(doc.task_after)),
+        "test_f": (report.table_f_rmse(doc.test_before), report.table_f_rmse(doc.test_after)),
+        "test_set": doc.test_set,
         "forgetting": doc.forgetting_F_ratio,
         "barrier": (doc.barrier_before, doc.barrier_after, doc.barrier_labels),
         "created": doc.created, "wall_time": doc.wall_time,

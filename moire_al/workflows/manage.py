@@ -187,8 +187,11 @@ def write_report(store: Store, loop_id: str, outdir: str | Path) -> Path:
 
 def finetune_line(doc) -> str:
     """One line of a fine-tuning job for ``moire-al status``."""
+    from moire_al.workflows.report import table_f_rmse
+
     def f(table):
-        return "-" if not table else f"{table['all']['F_eV_per_A']:.4f}"
+        rmse = table_f_rmse(table)
+        return "-" if rmse is None else f"{rmse:.4f}"
 
     line = (f"fine-tuning {doc.finetune_id}: base {doc.model_id}, task {len(doc.task or [])} structures "
             f"({doc.n_task if doc.n_task is not None else '-'} labelled, {doc.n_failed or 0} failed; "

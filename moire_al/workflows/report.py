@@ -185,6 +185,11 @@ def parity_figure(docs: list[RoundDoc], round_: int | None = None):
 FIGURES = {"learning_curve": learning_curve_figure, "sigma_f": sigma_f_figure, "parity": parity_figure}
 
 
+def table_f_rmse(table: Any) -> float | None:
+    """The force RMSE over all structures of a ``metrics.rmse_table`` dict (None without one)."""
+    return _num(table.get("all", {}).get("F_eV_per_A")) if isinstance(table, dict) else None
+
+
 def neb_profile_figure(doc) -> Any:
     """The NEB energy profiles of a fine-tuning job (:class:`FinetuneDoc`): the base
     model's path, the fine-tuned model's, and the labels along the base path; None
