@@ -49,11 +49,12 @@ def syrk_upper(Pw: np.ndarray) -> np.ndarray:
         return dsyrk(1.0, Pw.T, trans=0, lower=0)
     import ctypes
 
+    from moire_al.models.native import dptr
+
     C = np.zeros((n, n), order="F")
     ci = lambda v: ctypes.byref(ctypes.c_int(v))              # noqa: E731
     cd = lambda v: ctypes.byref(ctypes.c_double(v))           # noqa: E731
-    dp = lambda a: a.ctypes.data_as(ctypes.POINTER(ctypes.c_double))   # noqa: E731
-    fn(ctypes.c_char_p(b"U"), ctypes.c_char_p(b"N"), ci(n), ci(k), cd(1.0), dp(Pw), ci(n), cd(0.0), dp(C), ci(n))
+    fn(ctypes.c_char_p(b"U"), ctypes.c_char_p(b"N"), ci(n), ci(k), cd(1.0), dptr(Pw), ci(n), cd(0.0), dptr(C), ci(n))
     return C
 
 
