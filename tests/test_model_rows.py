@@ -122,6 +122,40 @@ def test_pipelined_normal_equations_equal_the_serial_loop():
     assert np.abs(a.A).max() > 0 and (a.yWy, a.log_w2) == (c.yWy, c.log_w2)
 
 
+def test_compiled_compensated_sum_equals_numpy_and_the_fit_uses_it(monkeypatch):
+    """blr.two_sum_add (csrc/blr.cpp) gives numpy's TwoSum bit for bit, C- and Fortran-ordered,
+    with a threaded split; the normal equations are Fortran-ordered so the fit takes the
+    kernel, and with numpy's path forced they come out the same bit for bit."""
+    from moire_al.labelling.reference import reference_calculator
+    from moire_al.models import blr
+    from moire_al.models.ace import ACEModel
+
+    assert blr._two_sum_kernel() is not None
+    rng = np.random.default_rng(4)
+    for order in ("C", "F"):
+        hi = np.asarray(rng.normal(size=(300, 301)) * 1e9, order=order)
+        lo = np.asarray(rng.normal(size=(300, 301)) * 1e-8, order=order)
+        x = np.asarray(rng.normal(size=(300, 301)), order=order)
+        s, e = blr._two_sum(hi, x)
+        h2, l2 = hi.copy(order="K"), lo.copy(order="K")
+        blr.two_sum_add(h2, l2, x)
+        np.testing.assert_array_equal(h2, s)
+        np.testing.assert_array_equal(l2, lo + e)
+        assert np.any(e != 0)                     # the test would see a lost error term
+    data = S.label(S.random_set("hbn", 6, seed=7, n=2, layers=(1, 2), rattle=(0.02, 0.08)),
+                   reference_calculator("hbn"), skip_failures=True)
+    m = ACEModel(order=2, totaldegree=6, d3=False, committee_size=2)
+    m.fit_plan(data)
+    fast = m.normal_equations(data, block_rows=100)
+    assert fast.A.flags.f_contiguous
+    calls = []
+    monkeypatch.setattr(blr, "_two_sum_kernel", lambda: calls.append(1))     # returns None: numpy
+    slow = m.normal_equations(data, block_rows=100)
+    assert calls
+    for x, y in ((fast.A, slow.A), (fast.A_lo, slow.A_lo), (fast.b, slow.b), (fast.b_lo, slow.b_lo)):
+        np.testing.assert_array_equal(x, y)
+
+
 def test_committee_scoring_compiled_equals_todays_path(monkeypatch):
     """σ_E, σ_F and the relative force uncertainty of the loop's scoring (committee_scores)
     from the committee kernel equal those of the compiled rows times the K+1 coefficient

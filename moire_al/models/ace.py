@@ -342,6 +342,10 @@ class ACEModel:
             neq.add_block(AtA, Pw.T @ yw, float(yw @ yw), lw2)
 
         nthreads = max(1, b.threads)
+        # one product buffer: a block's dsyrk starts after the previous product was added
+        AtA = np.zeros((P, P), order="F")
+        bufs = [None, None]                   # two row buffers, alternating between blocks
+        block_rows = BLOCK_ROWS if block_rows is None else block_rows
         with ThreadPoolExecutor(max_workers=nthreads) as pool, ThreadPoolExecutor(max_workers=1) as blas:
             prev = None
             futs = {}
@@ -354,7 +358,7 @@ class ACEModel:
             for bi, (start, stop) in enumerate(blocks):
                 if bi + 1 < len(blocks):      # keeps the threads busy while this block waits
                     submit(blocks[bi + 1])
-                Pws, yws, lw2 = [], [], []
+                parts, lw2 = [], []           # (rows, composition columns, scalings, weighted targets)
                 for k in range(start, stop):
                     at = atoms_list[k]
                     name = structure_name(at, k)
@@ -365,31 +369,48 @@ class ACEModel:
                     PsiE, PsiF, PsiS = futs.pop(k).result()
                     ws = _structure_weight(at, name) * (float(self.multilayer_weight) if layer_count(at) >= 2 else 1.0)
                     wE, wF, wV = (ws * float(self.weights[key]) for key in ("E", "F", "V"))
-                    Pws.append(wE * np.concatenate([PsiE, comp])[None, :] / n)
-                    yws.append(wE * np.array([(E - comp @ self.E0_) / n]))
-                    Pws.append(wF * np.concatenate([PsiF, np.zeros((PsiF.shape[0], NZ))], axis=1))
-                    yws.append(wF * F.reshape(-1))
+                    # the scalings in the order of the per-structure arrays they replace (same roundings)
+                    parts.append((PsiE[None, :], comp[None, :], ((np.multiply, wE), (np.divide, n)),
+                                  wE * np.array([(E - comp @ self.E0_) / n])))
+                    parts.append((PsiF, None, ((np.multiply, wF),), wF * F.reshape(-1)))
                     counts["E"] += 1
                     counts["F"] += F.size
                     lw = 2 * np.log(wE) + F.size * 2 * np.log(wF)
                     if S is not None and PsiS is not None:
                         vol = abs(np.linalg.det(at.cell.array))
-                        Pws.append(wV * np.concatenate([PsiS, np.zeros((6, NZ))], axis=1) * vol / n)
-                        yws.append(wV * S * vol / n)
+                        parts.append((PsiS, None, ((np.multiply, wV), (np.multiply, vol), (np.divide, n)),
+                                      wV * S * vol / n))
                         counts["V"] += 6
                         lw += 12 * np.log(wV)
                     lw2.append(lw)
                     if verbose and (k + 1) % 10 == 0:
                         log.info("rows %d/%d", k + 1, len(atoms_list))
-                Pw = np.concatenate(Pws)
-                del Pws
-                yw = np.concatenate(yws)
+                # the block's weighted rows written once into one array (no per-structure copies)
+                nrows = sum(len(part[0]) for part in parts)
+                buf = bufs[bi % 2]            # block k's rows stay alive until k + 1's are built
+                if buf is None or len(buf) < nrows:
+                    buf = bufs[bi % 2] = np.empty((nrows if len(blocks) == 1 else max(nrows, block_rows + 64), P))
+                Pw = buf[:nrows]
+                r0 = 0
+                for R, C, ops, _ in parts:
+                    r1 = r0 + len(R)
+                    (op, v), rest = ops[0], ops[1:]
+                    op(R, v, out=Pw[r0:r1, :L])         # one pass from the rows (most of the data)
+                    if C is None:
+                        Pw[r0:r1, L:] = 0.0
+                    else:
+                        op(C, v, out=Pw[r0:r1, L:])
+                    for op, v in rest:
+                        op(Pw[r0:r1], v, out=Pw[r0:r1])
+                    r0 = r1
+                yw = np.concatenate([part[3] for part in parts])
+                del parts
                 n_obs += len(yw)
                 if prev is not None:          # the previous block's dsyrk ran beside these rows
                     pending_add(*prev)
                 # upper triangle of PwᵀPw (lower left 0), as (Pwᵀ)(Pwᵀ)ᵀ: Pwᵀ is Fortran-ordered,
                 # so BLAS takes it without a transposed copy (1.4-1.7x)
-                prev = (blas.submit(syrk_upper, Pw), Pw, yw, float(np.sum(lw2)))
+                prev = (blas.submit(syrk_upper, Pw, AtA), Pw, yw, float(np.sum(lw2)))
             if prev is not None:
                 pending_add(*prev)
         neq.n_obs, neq.counts, neq.n_structures, neq.n_atoms = n_obs, counts, len(atoms_list), n_atoms

@@ -27,6 +27,7 @@ the evidence. Committee members are draws ``c_k = c̄ + L ξ_k`` with
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,12 +35,14 @@ import numpy as np
 from moire_al.errors import ModelError
 
 
-def syrk_upper(Pw: np.ndarray) -> np.ndarray:
+def syrk_upper(Pw: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """The upper triangle of PwᵀPw (lower left 0, Fortran order) by BLAS dsyrk on Pwᵀ (no
     copy of a C-ordered Pw). Called through scipy's ``cython_blas`` function pointer with
     ctypes, which releases the GIL (scipy's ``dsyrk`` wrapper holds it for the whole call,
     measured), so other threads run beside it; the same BLAS routine and arguments as
-    ``scipy.linalg.blas.dsyrk(1.0, Pw.T, trans=0, lower=0)``, hence the same numbers."""
+    ``scipy.linalg.blas.dsyrk(1.0, Pw.T, trans=0, lower=0)``, hence the same numbers.
+    ``out``: a Fortran-ordered (n, n) array whose lower triangle is zero, overwritten
+    (a fit reuses one: fresh 245 MB products per block cost their page faults)."""
     Pw = np.ascontiguousarray(Pw, float)
     k, n = Pw.shape
     fn = _dsyrk_pointer()
@@ -51,7 +54,9 @@ def syrk_upper(Pw: np.ndarray) -> np.ndarray:
 
     from moire_al.models.native import dptr
 
-    C = np.zeros((n, n), order="F")
+    C = np.zeros((n, n), order="F") if out is None else out
+    if C.shape != (n, n) or C.dtype != np.float64 or not C.flags.f_contiguous:
+        raise ValueError("syrk_upper: out must be a Fortran-ordered float64 (n, n) array")
     ci = lambda v: ctypes.byref(ctypes.c_int(v))              # noqa: E731
     cd = lambda v: ctypes.byref(ctypes.c_double(v))           # noqa: E731
     fn(ctypes.c_char_p(b"U"), ctypes.c_char_p(b"N"), ci(n), ci(k), cd(1.0), dptr(Pw), ci(n), cd(0.0), dptr(C), ci(n))
@@ -93,6 +98,49 @@ def _two_sum(a, b):
     return s, (a - (s - bp)) + (b - bp)
 
 
+_TWO_SUM: list = []
+
+
+def two_sum_add(hi: np.ndarray, lo: np.ndarray, x: np.ndarray) -> None:
+    """In place: hi, lo ← TwoSum(hi, x) with the error added to lo (see :func:`_two_sum`).
+    The compiled kernel (``csrc/blr.cpp``: one pass without the GIL, the same operations,
+    bitwise equal) where the arrays allow it, else numpy."""
+    x = np.asarray(x, float)
+    fast = (hi.dtype == lo.dtype == x.dtype == np.float64 and hi.shape == lo.shape == x.shape
+            and all(a.flags.c_contiguous or a.flags.f_contiguous for a in (hi, lo, x))
+            and len({a.flags.c_contiguous for a in (hi, lo, x)}) == 1 and hi.size >= 4096)
+    fn = _two_sum_kernel() if fast else None
+    if fn is None:
+        s, e = _two_sum(hi, x)
+        hi[...] = s
+        lo += e
+        return
+    import ctypes
+
+    from moire_al.config import environment
+    from moire_al.models.native import dptr
+
+    threads = environment().threads or len(os.sched_getaffinity(0))
+    fn(dptr(hi), dptr(lo), dptr(x), ctypes.c_long(hi.size), ctypes.c_int(threads))
+
+
+def _two_sum_kernel():
+    if not _TWO_SUM:
+        fn = None
+        try:
+            import ctypes
+
+            from moire_al.models.native import load
+
+            fn = load("blr").two_sum_add
+            fn.restype = None
+            fn.argtypes = [ctypes.POINTER(ctypes.c_double)] * 3 + [ctypes.c_long, ctypes.c_int]
+        except (OSError, ModelError):   # no compiler: numpy serves (same numbers)
+            fn = None
+        _TWO_SUM.append(fn)
+    return _TWO_SUM[0]
+
+
 @dataclass(eq=False)
 class NormalEquations:
     """Partial normal equations of a set of rows: A = ΨᵀWΨ, b = ΨᵀWy, yᵀWy, the row count and
@@ -128,14 +176,13 @@ class NormalEquations:
 
     @classmethod
     def zeros(cls, P: int) -> "NormalEquations":
-        return cls(np.zeros((P, P)), np.zeros(P), 0.0, 0)
+        # Fortran order, like the blocks of syrk_upper: the compiled summation then runs
+        return cls(np.zeros((P, P), order="F"), np.zeros(P), 0.0, 0)
 
     def add_block(self, AtA, Atb, yWy: float, log_w2: float = 0.0) -> None:
         """Add one block's products in place (compensated)."""
-        self.A, e = _two_sum(self.A, AtA)
-        self.A_lo += e
-        self.b, e = _two_sum(self.b, Atb)
-        self.b_lo += e
+        two_sum_add(self.A, self.A_lo, AtA)
+        two_sum_add(self.b, self.b_lo, Atb)
         self.yWy, e = _two_sum(self.yWy, float(yWy))
         self.yWy_lo += e
         self.log_w2, e = _two_sum(self.log_w2, float(log_w2))
@@ -147,7 +194,7 @@ class NormalEquations:
         if self.A.shape != other.A.shape:
             raise ModelError(f"normal equations of different sizes: {self.A.shape} and {other.A.shape}")
         keys = set(self.counts) | set(other.counts)
-        out = NormalEquations(self.A.copy(), self.b.copy(), self.yWy, self.n_obs + other.n_obs, self.log_w2,
+        out = NormalEquations(self.A.copy(order="K"), self.b.copy(), self.yWy, self.n_obs + other.n_obs, self.log_w2,
                               {k: self.counts.get(k, 0) + other.counts.get(k, 0) for k in keys},
                               self.n_structures + other.n_structures, self.n_atoms + other.n_atoms,
                               self.time_rows_s + other.time_rows_s, self.A_lo + other.A_lo,

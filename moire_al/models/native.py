@@ -25,12 +25,14 @@ from moire_al.errors import ModelError
 
 SRC_DIR = Path(__file__).with_name("csrc")
 FLAGS = ("-O3", "-std=c++17", "-fPIC", "-shared", "-fno-math-errno")
-KERNELS = ("d3", "ace_rows")
+KERNELS = ("d3", "ace_rows", "blr")
 #: Extra flags per kernel, tried first (a compiler that rejects them builds with FLAGS alone).
 #: d3: SIMD pair loops for this CPU (`omp simd` only; its threads are std::thread; measured
 #: in docs/benchmarks.md); -march=native puts the CPU's identity into the cache key.
-#: ace_rows: its threads are std::thread.
-EXTRA_FLAGS = {"d3": ("-march=native", "-fopenmp-simd", "-pthread"), "ace_rows": ("-pthread",)}
+#: ace_rows: its threads are std::thread. blr: an error-free summation, so no fused
+#: multiply-adds (its results must equal the numpy fallback's bit for bit).
+EXTRA_FLAGS = {"d3": ("-march=native", "-fopenmp-simd", "-pthread"), "ace_rows": ("-pthread",),
+               "blr": ("-ffp-contract=off", "-pthread")}
 _LOCK = threading.Lock()
 _LOADED: dict = {}
 

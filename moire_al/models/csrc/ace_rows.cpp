@@ -350,36 +350,40 @@ MULTIVERSION int rows_range(const Edges& g, const Plan& p, int kmax, int i0, int
                             double* S) {
   const int D = g.D, L = g.L, n_B = D - g.n_pair, n_pair = g.n_pair;
   Site st(g, p, kmax);
-  std::vector<double> J((size_t)D * 3 * kmax), gt(D);
+  // J is built one tile of TILE functions at a time and scattered at once: the tile
+  // (TILE x 3 nl, ~40 kB) stays in L1/L2, where the whole J (D x 3 nl: 3 MB at L ~ 5k) made a
+  // round trip through L3 per site. The coupling pairs q are sorted by function u_b[q], so a
+  // tile's pairs are a contiguous range, taken in the same order as before (bitwise equal).
+  constexpr int TILE = 32;
+  std::vector<double> J((size_t)TILE * 3 * kmax), gt(TILE);
   for (int i = i0; i < i1; ++i) {
     const int status = st.prepare(i, PsiE);
     if (status > 0) return status;
     if (status < 0) continue;
     const int s0 = st.s0, nl = st.nl, w = st.w, z = st.z;
     const double* u = st.u.data();
-    // J[d][3 s + c] = dX_d / dv_s,c
-    std::fill(J.begin(), J.begin() + (size_t)D * w, 0.0);
-    for (int q = 0; q < p.n_u; ++q) {
-      const double cf = st.cf[q];
-      if (cf == 0.0) continue;
-      double* Jb = &J[(size_t)p.u_b[q] * w];
-      const double* da = &st.dA[(size_t)p.u_a[q] * w];
-      for (int x = 0; x < w; ++x) Jb[x] += cf * da[x];
-    }
-    for (int q = 0; q < n_pair; ++q) {
-      double* Jp = &J[(size_t)(n_B + q) * w];
-      for (int s = 0; s < nl; ++s) {
-        const double gr = g.dRp[(size_t)(s0 + s) * n_pair + q];
-        for (int c = 0; c < 3; ++c) Jp[3 * s + c] = gr * u[3 * s + c];
-      }
-    }
-    // scatter into the force rows (centre +, neighbour -) and the virial rows, in tiles of
-    // TILE functions: the tile of J (TILE x 3 nl) stays in cache while its columns are read
-    // (a column of the whole J strides over megabytes at L ~ 5k)
-    constexpr int TILE = 32;
     const size_t col0 = (size_t)z * D;
+    int q = 0;
     for (int d0 = 0; d0 < D; d0 += TILE) {
       const int nd = std::min(TILE, D - d0);
+      // J[d - d0][3 s + c] = dX_d / dv_s,c for the tile's functions d
+      std::fill(J.begin(), J.begin() + (size_t)nd * w, 0.0);
+      for (; q < p.n_u && p.u_b[q] < d0 + nd; ++q) {
+        const double cf = st.cf[q];
+        if (cf == 0.0) continue;
+        double* Jb = &J[(size_t)(p.u_b[q] - d0) * w];
+        const double* da = &st.dA[(size_t)p.u_a[q] * w];
+        for (int x = 0; x < w; ++x) Jb[x] += cf * da[x];
+      }
+      for (int d = std::max(d0, n_B); d < d0 + nd; ++d) {
+        const int qp = d - n_B;
+        double* Jp = &J[(size_t)(d - d0) * w];
+        for (int s = 0; s < nl; ++s) {
+          const double gr = g.dRp[(size_t)(s0 + s) * n_pair + qp];
+          for (int c = 0; c < 3; ++c) Jp[3 * s + c] = gr * u[3 * s + c];
+        }
+      }
+      // scatter into the force rows (centre +, neighbour -) and the virial rows
       for (int s = 0; s < nl; ++s) {
         const size_t e = s0 + s;
         const int j = g.nbr[e];
@@ -387,7 +391,7 @@ MULTIVERSION int rows_range(const Edges& g, const Plan& p, int kmax, int i0, int
         for (int c = 0; c < 3; ++c) {
           double* Fi = PsiF + ((size_t)i * 3 + c) * L + col0 + d0;
           double* Fj = PsiF + ((size_t)j * 3 + c) * L + col0 + d0;
-          const double* Jc = &J[(size_t)d0 * w + 3 * s + c];
+          const double* Jc = &J[3 * s + c];
           for (int d = 0; d < nd; ++d) gt[d] = Jc[(size_t)d * w];
           for (int d = 0; d < nd; ++d) {
             Fi[d] += gt[d];
