@@ -101,3 +101,62 @@ def test_moire_al_label_with_a_relative_output_path(tmp_path, monkeypatch):
     assert r.returncode == 0, r.stdout + r.stderr
     (out,) = ase.io.read("o.xyz", ":")
     assert out.info["REF_labeller"] == "cp2k" and out.arrays["REF_forces"].shape == (4, 3)
+
+
+def test_grid_smoothing_is_an_optional_setting_and_hbn_takes_it_by_default(tmp_path):
+    """xc_smooth_rho / xc_deriv write CP2K's &XC_GRID and enter the label key only when set
+    (every key made without them stays as it was); a bad value is one SettingsError; the
+    loop's, the fine-tuning's and `moire-al label`'s hBN labels take the smoothing unless the
+    user's settings say otherwise, graphene's stay the defaults."""
+    from moire_al import conventions as conv
+    from moire_al.errors import SettingsError
+    from moire_al.labelling import material_settings
+    from moire_al.labelling.cp2k import DEFAULTS
+    from moire_al.workflows.settings import LoopSettings, NebFinetuneSettings
+
+    at = samples.stacked("hbn", "AB")
+    plain = get_labeller("cp2k")
+    assert plain.settings == DEFAULTS
+    smooth = get_labeller("cp2k", {"xc_smooth_rho": "nn10", "xc_deriv": "NN10_SMOOTH"})
+    assert smooth.settings["xc_smooth_rho"] == "NN10"
+    assert conv.label_key(at, "cp2k", smooth.settings) != conv.label_key(at, "cp2k", plain.settings)
+    for lab, has in ((plain, False), (smooth, True)):
+        path = lab.write_input(at, str(tmp_path / str(has)), lab.check(at))
+        text = open(path).read()
+        assert ("&XC_GRID" in text) is has and ("NN10_SMOOTH" in text) is has
+    with pytest.raises(SettingsError, match="xc_deriv"):
+        get_labeller("cp2k", {"xc_deriv": "NN11"})
+    hbn = LoopSettings(material="hbn", labeller="cp2k")
+    assert hbn.labeller_settings == {"xc_smooth_rho": "NN10", "xc_deriv": "NN10_SMOOTH"}
+    assert LoopSettings(material="hbn", labeller="cp2k", labeller_settings={"xc_deriv": "PW"}).labeller_settings[
+        "xc_deriv"] == "PW"
+    assert LoopSettings(material="graphene", labeller="cp2k").labeller_settings == {}
+    assert LoopSettings(material="hbn", labeller="reference").labeller_settings == {}
+    assert NebFinetuneSettings(material="hbn").labeller_settings["xc_smooth_rho"] == "NN10"
+    assert NebFinetuneSettings(material="graphene").labeller_settings == {}
+    assert material_settings("cp2k", "hbn", {"cutoff": 400})["cutoff"] == 400
+
+
+def test_grid_smoothing_damps_the_egg_box_of_hbn(tmp_path):
+    """A rigid AA hBN bilayer moved along z by a quarter of the grid spacing:
+    without smoothing E and the N forces move with the grid; with NN10 they stay put
+    (docs/labelling.md has the full measurement at the labeller's settings)."""
+    from moire_al.analysis.binding import stacking_bilayer
+
+    base = stacking_bilayer("hbn", "AA", 3.4)
+    base.cell[2, 2] = 20.0
+    spread = {}
+    for name, extra in (("plain", {}), ("nn10", {"xc_smooth_rho": "NN10", "xc_deriv": "NN10_SMOOTH"})):
+        lab = get_labeller("cp2k", {"kpts": [3, 3, 1], "cutoff": 280, "rel_cutoff": 40, "omp_threads": 1} | extra)
+        rows = []
+        for k, f in enumerate((0.0, 0.25)):
+            at = base.copy()
+            at.positions[:, 2] += f * 20.0 / 216      # CP2K's grid along z at 280 Ry and 20 Å: 216 points
+            rec = lab.label(at, tmp_path / f"{name}{k}")
+            assert isinstance(rec, LabelRecord), getattr(rec, "message", rec)
+            rows.append((rec.energy, rec.forces[:, 2]))
+        e = np.array([r[0] for r in rows])
+        fz = np.array([r[1] for r in rows])
+        spread[name] = (np.ptp(e) / len(base), np.ptp(fz, axis=0).max())
+    assert spread["nn10"][0] < 0.3 * spread["plain"][0]
+    assert spread["nn10"][1] < 0.3 * spread["plain"][1]

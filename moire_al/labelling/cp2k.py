@@ -51,6 +51,20 @@ DEFAULTS = {
     "eps_default": 1e-10,
     "d3": True,
 }
+#: Optional settings, part of a label's key only when set (the keys of every label made
+#: without them stay as they were): CP2K's &XC_GRID smoothing of the density and of its
+#: derivatives on the real-space grid, e.g. ``{"xc_smooth_rho": "NN10", "xc_deriv":
+#: "NN10_SMOOTH"}``. They damp the grid's egg-box error in the forces (docs/dft.md).
+OPTIONAL = {"xc_smooth_rho": ("NONE", "NN10", "NN50", "SPLINE2", "SPLINE3"),
+            "xc_deriv": ("PW", "SPLINE2", "SPLINE3", "NN10_SMOOTH", "NN50_SMOOTH", "SPLINE2_SMOOTH",
+                         "SPLINE3_SMOOTH")}
+#: The optional settings a material's CP2K labels take unless the user's settings say
+#: otherwise (:func:`moire_al.labelling.material_settings`). hBN: the grid smoothing, since
+#: without it N's forces carried a grid error larger than the interlayer forces (rigid AA
+#: bilayer shifted along z by quarters of the grid spacing, 280/40 Ry: N z-force −0.017 …
+#: +0.049 eV/Å and E over 0.2 meV/atom; with NN10: 0.004 eV/Å and 0.008 meV/atom; 500/60
+#: Ry without smoothing no better, docs/labelling.md).
+MATERIAL_SETTINGS = {"hbn": {"xc_smooth_rho": "NN10", "xc_deriv": "NN10_SMOOTH"}}
 #: How a label is run, not what it is: kept out of ``settings`` and so out of the
 #: label key (2 ranks or 2 threads give the same label).
 RUN_OPTIONS = {
@@ -138,12 +152,18 @@ class Cp2kLabeller:
 
     def __init__(self, settings: dict | None = None):
         settings = dict(settings or {})
-        unknown = set(settings) - set(DEFAULTS) - set(RUN_OPTIONS)
+        unknown = set(settings) - set(DEFAULTS) - set(RUN_OPTIONS) - set(OPTIONAL)
         if unknown:
             raise SettingsError(f"cp2k labeller: unknown setting(s) {sorted(unknown)}")
         self.run_options = {k: settings.pop(k, v) for k, v in RUN_OPTIONS.items()}
         if int(self.run_options["ranks"]) < 1 or int(self.run_options["omp_threads"]) < 1:
             raise SettingsError("cp2k labeller: ranks and omp_threads must be >= 1")
+        for k, allowed in OPTIONAL.items():
+            if k in settings:
+                v = str(settings[k]).upper()
+                if v not in allowed:
+                    raise SettingsError(f"cp2k labeller: {k} must be one of {', '.join(allowed)}, got {settings[k]!r}")
+                settings[k] = v
         s = dict(DEFAULTS)
         s.update(settings)
         self.settings = s
@@ -200,6 +220,9 @@ class Cp2kLabeller:
                 "DISPERSION_FUNCTIONAL": Keyword("DISPERSION_FUNCTIONAL", "PAIR_POTENTIAL")},
                 subsections={"PAIR_POTENTIAL": pair})
             dft["XC"].insert(vdw)
+        grid = {k: v for k, v in (("XC_SMOOTH_RHO", s.get("xc_smooth_rho")), ("XC_DERIV", s.get("xc_deriv"))) if v}
+        if grid:
+            dft["XC"].insert(Section("XC_GRID", keywords={k: Keyword(k, v) for k, v in grid.items()}))
         if mesh != [1, 1, 1]:
             dft.insert(Section("KPOINTS", keywords={
                 "SCHEME": Keyword("SCHEME", "MONKHORST-PACK", *mesh),
