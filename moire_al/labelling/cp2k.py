@@ -61,8 +61,8 @@ OPTIONAL = {"xc_smooth_rho": ("NONE", "NN10", "NN50", "SPLINE2", "SPLINE3"),
 #: The optional settings a material's CP2K labels take unless the user's settings say
 #: otherwise (:func:`moire_al.labelling.material_settings`). hBN: the grid smoothing, since
 #: without it N's forces carried a grid error larger than the interlayer forces (rigid AA
-#: bilayer shifted along z by quarters of the grid spacing, 280/40 Ry: N z-force −0.017 …
-#: +0.049 eV/Å and E over 0.2 meV/atom; with NN10: 0.004 eV/Å and 0.008 meV/atom; 500/60
+#: bilayer shifted along z by quarters of the grid spacing, 280/40 Ry: N z-force −0.116 …
+#: +0.068 eV/Å, E 0.12 meV/atom; with NN10: within 0.01 eV/Å and 0.008 meV/atom; 500/60
 #: Ry without smoothing no better, docs/labelling.md).
 MATERIAL_SETTINGS = {"hbn": {"xc_smooth_rho": "NN10", "xc_deriv": "NN10_SMOOTH"}}
 #: How a label is run, not what it is: kept out of ``settings`` and so out of the
