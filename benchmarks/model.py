@@ -93,7 +93,8 @@ class LammpsD3:
 class todays_path:
     """Today's (main's) compiled paths in this process: rows on one thread with every edge's
     factors computed, scoring as the rows times the coefficients, dsyrk through scipy's
-    wrapper (which holds the GIL: the fit's rows and updates run one after the other)."""
+    wrapper (which holds the GIL: the fit's rows and updates run one after the other), the
+    block sums by numpy's compensated addition (before csrc/blr.cpp)."""
 
     def __init__(self, *bases):
         self.bases = bases
@@ -104,9 +105,10 @@ class todays_path:
         from moire_al.models import basis as B
         from moire_al.models import blr
 
-        self._saved = (B._Graph.reverse_edges, blr.syrk_upper)
+        self._saved = (B._Graph.reverse_edges, blr.syrk_upper, blr._two_sum_kernel)
         B._Graph.reverse_edges = lambda g: None
-        blr.syrk_upper = lambda Pw: dsyrk(1.0, Pw.T, trans=0, lower=0)
+        blr.syrk_upper = lambda Pw, out=None: dsyrk(1.0, Pw.T, trans=0, lower=0)
+        blr._two_sum_kernel = lambda: None          # numpy's compensated block sum
         for b in self.bases:
             b.threads_, b.score_by_rows = 1, True
         return self
@@ -115,7 +117,7 @@ class todays_path:
         from moire_al.models import basis as B
         from moire_al.models import blr
 
-        B._Graph.reverse_edges, blr.syrk_upper = self._saved
+        B._Graph.reverse_edges, blr.syrk_upper, blr._two_sum_kernel = self._saved
         for b in self.bases:
             b.threads_, b.score_by_rows = None, False
 
