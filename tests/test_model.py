@@ -349,12 +349,13 @@ def test_cli_fit_and_predict(linear_data, tmp_path, capsys):
 
     from moire_al.cli import main
 
-    ase.io.write(tmp_path / "train.xyz", linear_data[:10])
+    ase.io.write(tmp_path / "train.xyz", linear_data[:6])
+    ase.io.write(tmp_path / "train2.xyz", linear_data[6:10])        # two training files fit together
     ase.io.write(tmp_path / "test.xyz", linear_data[30:33])
-    rc = main(["fit", str(tmp_path / "train.xyz"), "--test", str(tmp_path / "test.xyz"), "-o",
-               str(tmp_path / "m"), "--order", "2", "--totaldegree", "6", "--no-d3", "--committee-size", "8"])
+    rc = main(["fit", str(tmp_path / "train.xyz"), str(tmp_path / "train2.xyz"), "--test", str(tmp_path / "test.xyz"),
+               "-o", str(tmp_path / "m"), "--order", "2", "--totaldegree", "6", "--no-d3", "--committee-size", "8"])
     out = capsys.readouterr().out
-    assert rc == 0 and "meV" in out and "test" in out
+    assert rc == 0 and "meV" in out and "test" in out and "10 structures" in out
     assert (tmp_path / "m" / "plots" / "parity_test.png").stat().st_size > 1000
     rc = main(["predict", str(tmp_path / "m"), str(tmp_path / "test.xyz"), "-o", str(tmp_path / "out.xyz")])
     assert rc == 0

@@ -24,7 +24,8 @@ def register(subparsers) -> None:
                               description="Fit an ACE model to REF_-labelled extxyz structures; print RMSE "
                                           "tables (energy meV/atom, forces eV/Å in-plane/out-of-plane, per "
                                           "layer count) and write parity plots / error histograms.")
-    p.add_argument("train", help="labelled training structures (extxyz with REF_energy, REF_forces, ...)")
+    p.add_argument("train", nargs="+", help="labelled training structures (extxyz with REF_energy, REF_forces, "
+                                             "...); several files are fitted together")
     p.add_argument("--test", help="labelled test structures")
     p.add_argument("-o", "--output", required=True, help="model directory to write")
     p.add_argument("--order", type=int, default=None,
@@ -137,7 +138,7 @@ def fit_command(args) -> int:
     from moire_al.models.ace import ACEModel
     from moire_al.models.metrics import format_table, rmse_table, write_plots
 
-    train = _read(args.train)
+    train = [at for path in args.train for at in _read(path)]
     test = _read(args.test) if args.test else None
     model = ACEModel(elements=args.elements.split(",") if args.elements else None, order=args.order,
                      totaldegree=args.totaldegree, rcut=args.rcut, committee_size=args.committee_size,
