@@ -12,10 +12,8 @@
 The pools come from ``data/dft/recipes.json`` (one ``make_pool`` call per entry, cells
 above ``max_atoms`` left out), interleaved family by family so that a set that is only
 partly labelled still covers every family. Labelling is ``moire-al label`` with the
-project's default CP2K settings for the material (hBN: with the grid smoothing of
-``labelling.cp2k.MATERIAL_SETTINGS``, which ``moire-al label`` adds for hBN structures);
-run options (threads, ranks) are not part of a label's key, so any parallel setup
-continues the same file.
+project's default CP2K settings; run options (threads, ranks) are not part of a label's
+key, so any parallel setup continues the same file.
 """
 
 from __future__ import annotations
@@ -123,11 +121,11 @@ def cmd_label(args):
 def cmd_recipe(args):
     import ase.io
 
-    from moire_al.labelling import get_labeller, material_settings
+    from moire_al.labelling import get_labeller
     from moire_al.labelling.cp2k import cp2k_version
 
     p = _paths(args.material)
-    lab = get_labeller("cp2k", material_settings("cp2k", args.material))   # what `moire-al label` used
+    lab = get_labeller("cp2k")
     labelled = ase.io.read(p["set"], ":", format="extxyz") if os.path.exists(p["set"]) else []
     pool = ase.io.read(p["pool"], ":", format="extxyz")
     failures = json.load(open(p["failures"])) if os.path.exists(p["failures"]) else []

@@ -103,22 +103,18 @@ def test_moire_al_label_with_a_relative_output_path(tmp_path, monkeypatch):
     assert out.info["REF_labeller"] == "cp2k" and out.arrays["REF_forces"].shape == (4, 3)
 
 
-def test_grid_smoothing_is_an_optional_setting_and_hbn_takes_it_by_default(tmp_path):
+def test_grid_smoothing_is_an_optional_setting(tmp_path):
     """xc_smooth_rho / xc_deriv write CP2K's &XC_GRID and enter the label key only when set
-    (every key made without them stays as it was); a bad value is one SettingsError; the
-    loop's, the fine-tuning's and `moire-al label`'s hBN labels take the smoothing unless the
-    user's settings say otherwise, graphene's stay the defaults."""
+    (every key made without them stays as it was); a bad value is one SettingsError."""
     from moire_al import conventions as conv
     from moire_al.errors import SettingsError
-    from moire_al.labelling import material_settings
     from moire_al.labelling.cp2k import DEFAULTS
-    from moire_al.workflows.settings import LoopSettings, NebFinetuneSettings
 
     at = samples.stacked("hbn", "AB")
     plain = get_labeller("cp2k")
-    assert plain.settings == DEFAULTS
+    assert plain.settings == DEFAULTS and not plain.smoothed
     smooth = get_labeller("cp2k", {"xc_smooth_rho": "nn10", "xc_deriv": "NN10_SMOOTH"})
-    assert smooth.settings["xc_smooth_rho"] == "NN10"
+    assert smooth.settings["xc_smooth_rho"] == "NN10" and smooth.smoothed
     assert conv.label_key(at, "cp2k", smooth.settings) != conv.label_key(at, "cp2k", plain.settings)
     for lab, has in ((plain, False), (smooth, True)):
         path = lab.write_input(at, str(tmp_path / str(has)), lab.check(at))
@@ -126,15 +122,6 @@ def test_grid_smoothing_is_an_optional_setting_and_hbn_takes_it_by_default(tmp_p
         assert ("&XC_GRID" in text) is has and ("NN10_SMOOTH" in text) is has
     with pytest.raises(SettingsError, match="xc_deriv"):
         get_labeller("cp2k", {"xc_deriv": "NN11"})
-    hbn = LoopSettings(material="hbn", labeller="cp2k")
-    assert hbn.labeller_settings == {"xc_smooth_rho": "NN10", "xc_deriv": "NN10_SMOOTH"}
-    assert LoopSettings(material="hbn", labeller="cp2k", labeller_settings={"xc_deriv": "PW"}).labeller_settings[
-        "xc_deriv"] == "PW"
-    assert LoopSettings(material="graphene", labeller="cp2k").labeller_settings == {}
-    assert LoopSettings(material="hbn", labeller="reference").labeller_settings == {}
-    assert NebFinetuneSettings(material="hbn").labeller_settings["xc_smooth_rho"] == "NN10"
-    assert NebFinetuneSettings(material="graphene").labeller_settings == {}
-    assert material_settings("cp2k", "hbn", {"cutoff": 400})["cutoff"] == 400
 
 
 def test_grid_smoothing_damps_the_egg_box_of_hbn(tmp_path):

@@ -529,6 +529,32 @@ def test_structure_weights_pull_the_fit_and_bad_weights_are_named(cbasis, true_c
         ACEModel(d3=False, **SMALL).fit(data + [bad])
 
 
+def test_energy_weight_zero_leaves_a_structures_energy_out(cbasis, true_coef):
+    """info["fit_weight_E"] = 0: a label whose energy carries an arbitrary offset (as a
+    grid-smoothed CP2K label's does between cells) changes neither the fit nor E0 when its
+    energy is left out, while its forces still count; a bad value is named."""
+    structs = [_bilayer(s, rattle=0.06, d=3.3 + 0.02 * s) for s in range(12)]
+    data = _label_linear(cbasis, true_coef, structs, noise_f=0.0)
+    shifted = [a.copy() for a in data[:4]]
+    for a in shifted:
+        a.info[REF_ENERGY] += 0.04 * len(a)            # 40 meV/atom off, forces right
+    ref = ACEModel(d3=False, committee_size=0, **SMALL).fit(data[4:] + data[:4])
+    hurt = ACEModel(d3=False, committee_size=0, **SMALL).fit(data[4:] + shifted)
+    for a in shifted:
+        a.info["fit_weight_E"] = 0.0
+    kept = ACEModel(d3=False, committee_size=0, **SMALL).fit(data[4:] + shifted)
+    probe = data[0]
+
+    def eerr(m):
+        return abs(m.predict_one(probe, committee=False)["energy"] - probe.info[REF_ENERGY]) / len(probe)
+    assert eerr(ref) < 1e-4 and eerr(kept) < 1e-4 < 0.1 * eerr(hurt)
+    assert kept.training_hash_ != hurt.training_hash_
+    bad = data[0].copy()
+    bad.info["fit_weight_E"] = -1
+    with pytest.raises(ModelError, match="fit_weight_E"):
+        ACEModel(d3=False, **SMALL).fit(data[1:] + [bad])
+
+
 def test_multilayer_weight_is_a_fit_weight_on_every_multilayer(cbasis, true_coef):
     """multilayer_weight w weights the rows of structures with >= 2 layers by w, exactly as
     info["fit_weight"] = w on each of them would; monolayers keep weight 1."""

@@ -52,11 +52,11 @@ from moire_al.errors import MoireALError, StructureError
 DEFAULT_A = 2.504      # Å, hBN lattice parameter (moire_al.structures)
 #: Å, c of (C4a): the AA interlayer distance, the PBE+D3(BJ) equilibrium of flat AA bilayer
 #: hBN at a = 2.504 Å fitted to the committed CP2K binding curve data/dft/hbn_binding.extxyz
-#: (Morse + grid egg-box term; ``python scripts/dft_sets.py binding-fit``, docs/analysis.md),
-#: labelled with CP2K's XC grid smoothing (hBN's default, docs/labelling.md): 3.5997 ± 0.0001
-#: Å; 3.596 from the unsmoothed labels, whose grid error was 13x larger. Before that: 3.565
-#: Å, the AA minimum of the reference potential (Tersoff+ILP), not DFT.
-DEFAULT_C = 3.600
+#: (Morse + grid egg-box term; ``python scripts/dft_sets.py binding-fit``, docs/analysis.md).
+#: The same cells labelled with CP2K's XC grid smoothing (data/dft/hbn_binding_xcsmooth.extxyz,
+#: egg-box 13x smaller) give 3.5997 Å. Before: 3.565 Å, the AA minimum of the reference
+#: potential (Tersoff+ILP), not DFT.
+DEFAULT_C = 3.596
 CONVENTIONS = ("seed", "slater-koster")   # H_ij = −t(r) (seed's C2) or +t(r)
 
 

@@ -58,27 +58,6 @@ def labeller_names() -> tuple:
     return LABELLERS + tuple(sorted(_REGISTERED))
 
 
-def material_settings(name: str, material: str | None, settings: dict | None = None) -> dict:
-    """``settings`` with the defaults labeller ``name`` takes for ``material`` filled in
-    (the CP2K labeller's ``MATERIAL_SETTINGS``: hBN's grid smoothing); the user's keys win.
-    The loop and fine-tuning settings and ``moire-al label`` call it, so the labels of one
-    material share one setting and so one label key."""
-    settings = dict(settings or {})
-    if name == "cp2k" and material:
-        from moire_al.labelling.cp2k import MATERIAL_SETTINGS
-
-        settings = {**MATERIAL_SETTINGS.get(str(material).lower(), {}), **settings}
-    return settings
-
-
-def material_of_structures(structures) -> str | None:
-    """The one material of ``structures`` (``"graphene"`` / ``"hbn"``), None when mixed or empty."""
-    from moire_al.analysis.common import material_of
-
-    found = {material_of(at) for at in structures}
-    return found.pop() if len(found) == 1 else None
-
-
 def get_labeller(name: str, settings: dict | None = None) -> Labeller:
     """A labeller by name: ``"reference" | "cp2k" | "gpaw" | "vasp-inputs" | "dataset"``
     or a registered one (:func:`register_labeller`)."""

@@ -77,13 +77,12 @@ def _atomic_json(path, data):
 def handler(args) -> int:
     from tqdm import tqdm
 
-    from moire_al.labelling import get_labeller, material_of_structures, material_settings
+    from moire_al.labelling import get_labeller
     from moire_al.labelling.base import LabelFailure, structure_name
     from moire_al.labelling.cache import LabelCache
 
+    labeller = get_labeller(args.labeller, _read_settings(args.settings))
     images = _read_input(args.input)
-    labeller = get_labeller(args.labeller, material_settings(args.labeller, material_of_structures(images),
-                                                             _read_settings(args.settings)))
     workdir = args.workdir or f"{args.output}.runs"
     fail_path = f"{args.output}.failures.json"
 

@@ -54,17 +54,12 @@ DEFAULTS = {
 #: Optional settings, part of a label's key only when set (the keys of every label made
 #: without them stay as they were): CP2K's &XC_GRID smoothing of the density and of its
 #: derivatives on the real-space grid, e.g. ``{"xc_smooth_rho": "NN10", "xc_deriv":
-#: "NN10_SMOOTH"}``. They damp the grid's egg-box error in the forces (docs/dft.md).
+#: "NN10_SMOOTH"}``. They damp the grid's egg-box error in hBN's forces ~10x, but shift the
+#: energy by an amount that changes by up to 40 meV/atom from one cell to another and leave
+#: the stress wrong (docs/labelling.md): off by default.
 OPTIONAL = {"xc_smooth_rho": ("NONE", "NN10", "NN50", "SPLINE2", "SPLINE3"),
             "xc_deriv": ("PW", "SPLINE2", "SPLINE3", "NN10_SMOOTH", "NN50_SMOOTH", "SPLINE2_SMOOTH",
                          "SPLINE3_SMOOTH")}
-#: The optional settings a material's CP2K labels take unless the user's settings say
-#: otherwise (:func:`moire_al.labelling.material_settings`). hBN: the grid smoothing, since
-#: without it N's forces carried a grid error larger than the interlayer forces (rigid AA
-#: bilayer shifted along z by quarters of the grid spacing, 280/40 Ry: N z-force −0.116 …
-#: +0.068 eV/Å, E 0.12 meV/atom; with NN10: within 0.01 eV/Å and 0.008 meV/atom; 500/60
-#: Ry without smoothing no better, docs/labelling.md).
-MATERIAL_SETTINGS = {"hbn": {"xc_smooth_rho": "NN10", "xc_deriv": "NN10_SMOOTH"}}
 #: How a label is run, not what it is: kept out of ``settings`` and so out of the
 #: label key (2 ranks or 2 threads give the same label).
 RUN_OPTIONS = {

@@ -30,19 +30,17 @@ _CACHE: dict = {}
 
 
 def _original_settings(labeller: str, key: str | None) -> dict:
-    """The original labeller's settings, when ``key`` was made with its defaults or a
-    material's defaults (:func:`moire_al.labelling.material_settings`)."""
+    """The original labeller's settings, when ``key`` was made with its defaults."""
     if not key or labeller in ("", "unknown"):
         return {"label_key": key}
-    from moire_al.labelling import get_labeller, material_settings
+    try:
+        from moire_al.labelling import get_labeller
 
-    for material in (None, "graphene", "hbn"):
-        try:
-            lab = get_labeller(labeller, material_settings(labeller, material))
-        except Exception:  # noqa: BLE001 - a labeller we cannot make here: keep the key only
-            return {"label_key": key}
-        if key.endswith("-" + conv.settings_hash(lab.settings)):
-            return dict(lab.settings)
+        lab = get_labeller(labeller)
+    except Exception:  # noqa: BLE001 - a labeller we cannot make here: keep the key only
+        return {"label_key": key}
+    if key.endswith("-" + conv.settings_hash(lab.settings)):
+        return dict(lab.settings)
     return {"label_key": key}
 
 

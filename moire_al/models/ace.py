@@ -67,6 +67,8 @@ def training_set_hash(atoms_list) -> str:
         h.update(str(bool(at.info.get(REF_D3, False))).encode())
         if float(at.info.get("fit_weight", 1.0)) != 1.0:
             h.update(f"w{float(at.info['fit_weight']):.6g}".encode())
+        if float(at.info.get("fit_weight_E", 1.0)) != 1.0:
+            h.update(f"wE{float(at.info['fit_weight_E']):.6g}".encode())
         keys.append(h.hexdigest())
     return hashlib.sha256("".join(sorted(keys)).encode()).hexdigest()[:24]
 
@@ -93,6 +95,23 @@ def default_totaldegree(elements, order: int | None = None) -> int:
 
 #: ``atoms.info`` key of a per-structure weight: it multiplies all rows of that structure
 WEIGHT_KEY = "fit_weight"
+#: ``atoms.info`` key of a per-structure factor on its energy row alone; 0 leaves the energy
+#: out of the fit (forces and virial stay). For labels whose energies are comparable only
+#: within their own cell, e.g. CP2K with XC grid smoothing, whose energy shift changes by
+#: up to 40 meV/atom between cells (docs/labelling.md), while its forces are sound.
+ENERGY_WEIGHT_KEY = "fit_weight_E"
+
+
+def _energy_weight(atoms, name) -> float:
+    w = atoms.info.get(ENERGY_WEIGHT_KEY, 1.0)
+    try:
+        w = float(w)
+    except (TypeError, ValueError):
+        w = float("nan")
+    if not (np.isfinite(w) and w >= 0):
+        raise ModelError(f"structure {name}: info[{ENERGY_WEIGHT_KEY!r}] must be a number >= 0, got "
+                         f"{atoms.info.get(ENERGY_WEIGHT_KEY)!r}")
+    return w
 
 
 def _structure_weight(atoms, name) -> float:
@@ -275,8 +294,10 @@ class ACEModel:
 
             check_d3()
         self._build_basis(zs)
-        energies = np.array([self._targets(at, structure_name(at, k))[0] for k, at in enumerate(atoms_list)])
-        comp = np.array([self._composition(at) for at in atoms_list])
+        # E0 from the structures whose energies are fitted (all of them if none is)
+        use = [at for k, at in enumerate(atoms_list) if _energy_weight(at, structure_name(at, k)) > 0] or atoms_list
+        energies = np.array([self._targets(at, structure_name(at, k))[0] for k, at in enumerate(use)])
+        comp = np.array([self._composition(at) for at in use])
         nat = comp.sum(1)
         self.E0_ = np.linalg.lstsq(comp / nat[:, None], energies / nat, rcond=None)[0]
         return {"elements": list(zs), "order": int(self.order), "totaldegree": int(self.totaldegree),
@@ -369,13 +390,17 @@ class ACEModel:
                     PsiE, PsiF, PsiS = futs.pop(k).result()
                     ws = _structure_weight(at, name) * (float(self.multilayer_weight) if layer_count(at) >= 2 else 1.0)
                     wE, wF, wV = (ws * float(self.weights[key]) for key in ("E", "F", "V"))
-                    # the scalings in the order of the per-structure arrays they replace (same roundings)
-                    parts.append((PsiE[None, :], comp[None, :], ((np.multiply, wE), (np.divide, n)),
-                                  wE * np.array([(E - comp @ self.E0_) / n])))
+                    we = _energy_weight(at, name)
+                    lw = F.size * 2 * np.log(wF)
+                    if we > 0:
+                        wE = wE * we if we != 1.0 else wE
+                        # the scalings in the order of the per-structure arrays they replace (same roundings)
+                        parts.append((PsiE[None, :], comp[None, :], ((np.multiply, wE), (np.divide, n)),
+                                      wE * np.array([(E - comp @ self.E0_) / n])))
+                        counts["E"] += 1
+                        lw += 2 * np.log(wE)
                     parts.append((PsiF, None, ((np.multiply, wF),), wF * F.reshape(-1)))
-                    counts["E"] += 1
                     counts["F"] += F.size
-                    lw = 2 * np.log(wE) + F.size * 2 * np.log(wF)
                     if S is not None and PsiS is not None:
                         vol = abs(np.linalg.det(at.cell.array))
                         parts.append((PsiS, None, ((np.multiply, wV), (np.multiply, vol), (np.divide, n)),

@@ -230,7 +230,7 @@ def finetune_command(args) -> int:
     import json
     from pathlib import Path
 
-    from moire_al.labelling import get_labeller, material_of_structures, material_settings
+    from moire_al.labelling import get_labeller
     from moire_al.labelling.cli import _read_settings
     from moire_al.models.finetune import check_training_set, finetune, label_all
 
@@ -248,7 +248,7 @@ def finetune_command(args) -> int:
     settings = _read_settings(args.settings)
     if args.labeller == "dataset" and not settings:
         settings = {"path": args.task}
-    labeller = get_labeller(args.labeller, material_settings(args.labeller, material_of_structures(task), settings))
+    labeller = get_labeller(args.labeller, settings)
     model = _load_model(args.model)
     check_training_set(model, train)              # before any labelling is spent
     labelled, failed = label_all(labeller, task, args.workdir or f"{args.output}.runs")
@@ -274,7 +274,6 @@ def finetune_submit(args) -> int:
     import uuid
 
     from moire_al.config import INTERACTIVE_DB_WAIT_S, ensure_initialized, get_launchpad
-    from moire_al.labelling import material_of_structures, material_settings
     from moire_al.labelling.cli import _read_settings
     from moire_al.models.finetune import check_training_set
     from moire_al.store.documents import FinetuneDoc
@@ -291,7 +290,6 @@ def finetune_submit(args) -> int:
     if args.labeller == "dataset" and not settings:
         settings = {"path": os.path.abspath(args.task)}
     fid = args.id or f"finetune-{uuid.uuid4().hex[:8]}"
-    settings = material_settings(args.labeller, material_of_structures(task), settings)
     ft = FinetuneSettings(model_id=f"{fid}-base", labeller=args.labeller, labeller_settings=settings,
                           finetune_id=fid)   # checks the labeller and its settings before anything is stored
     check_training_set(_load_model(args.model), train)

@@ -69,10 +69,6 @@ class LoopSettings:
             bad("material", f"{self.material!r} is not one of {MATERIALS}")
         if self.labeller not in loop_labellers():
             bad("labeller", f"{self.labeller!r} is not one of {loop_labellers()}")
-        if isinstance(self.labeller_settings, dict):
-            from moire_al.labelling import material_settings
-
-            self.labeller_settings = material_settings(self.labeller, self.material, self.labeller_settings)
         if self.criterion not in CRITERIA:
             bad("criterion", f"{self.criterion!r} is not one of {CRITERIA}")
         if not isinstance(self.pool, (dict, str)):
@@ -278,10 +274,6 @@ class NebFinetuneSettings:
             raise SettingsError(f"{what} parameter 'barrier_tol': must be a number >= 0 (eV)")
         if self.material not in MATERIALS:
             raise SettingsError(f"{what} parameter 'material': {self.material!r} is not one of {MATERIALS}")
-        if isinstance(self.labeller_settings, dict):
-            from moire_al.labelling import material_settings
-
-            self.labeller_settings = material_settings(self.labeller, self.material, self.labeller_settings)
         for name in ("m", "r"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise SettingsError(f"{what} parameter '{name}': must be a positive integer")
