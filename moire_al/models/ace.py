@@ -102,28 +102,25 @@ WEIGHT_KEY = "fit_weight"
 ENERGY_WEIGHT_KEY = "fit_weight_E"
 
 
-def _energy_weight(atoms, name) -> float:
-    w = atoms.info.get(ENERGY_WEIGHT_KEY, 1.0)
+def _info_weight(atoms, name, key: str, zero_ok: bool) -> float:
+    """``atoms.info[key]`` (default 1) as a weight: positive, or >= 0 with ``zero_ok``."""
+    w = atoms.info.get(key, 1.0)
     try:
         w = float(w)
     except (TypeError, ValueError):
         w = float("nan")
-    if not (np.isfinite(w) and w >= 0):
-        raise ModelError(f"structure {name}: info[{ENERGY_WEIGHT_KEY!r}] must be a number >= 0, got "
-                         f"{atoms.info.get(ENERGY_WEIGHT_KEY)!r}")
+    if not (np.isfinite(w) and (w >= 0 if zero_ok else w > 0)):
+        raise ModelError(f"structure {name}: info[{key!r}] must be a {'number >= 0' if zero_ok else 'positive number'}"
+                         f", got {atoms.info.get(key)!r}")
     return w
+
+
+def _energy_weight(atoms, name) -> float:
+    return _info_weight(atoms, name, ENERGY_WEIGHT_KEY, zero_ok=True)
 
 
 def _structure_weight(atoms, name) -> float:
-    w = atoms.info.get(WEIGHT_KEY, 1.0)
-    try:
-        w = float(w)
-    except (TypeError, ValueError):
-        w = float("nan")
-    if not (np.isfinite(w) and w > 0):
-        raise ModelError(f"structure {name}: info[{WEIGHT_KEY!r}] must be a positive number, got "
-                         f"{atoms.info.get(WEIGHT_KEY)!r}")
-    return w
+    return _info_weight(atoms, name, WEIGHT_KEY, zero_ok=False)
 
 
 class ACEModel:
