@@ -248,7 +248,7 @@ class Cp2kLabeller:
             self._run(exe, wd)
             energy, forces, stress = parse_cp2k(wd, atoms)
             if self.smoothed:
-                stress = None     # CP2K's stress misses the smoothing's part (smoothed_stress_is_invalid)
+                stress = None     # CP2K's stress misses the smoothing's part (see `smoothed`)
             return energy, forces, stress, cp2k_version(exe)
         return label_through_custodian(atoms, self, workdir, compute)
 

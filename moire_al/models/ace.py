@@ -363,7 +363,8 @@ class ACEModel:
         # one product buffer: a block's dsyrk starts after the previous product was added
         AtA = np.zeros((P, P), order="F")
         bufs = [None, None]                   # two row buffers, alternating between blocks
-        block_rows = BLOCK_ROWS if block_rows is None else block_rows
+        # rows of the largest block (at most 1 + 3n + 6 per structure, as in fit_blocks)
+        cap = max((sum(7 + 3 * len(atoms_list[k]) for k in range(*blk)) for blk in blocks), default=0)
         with ThreadPoolExecutor(max_workers=nthreads) as pool, ThreadPoolExecutor(max_workers=1) as blas:
             prev = None
             futs = {}
@@ -390,7 +391,7 @@ class ACEModel:
                     we = _energy_weight(at, name)
                     lw = F.size * 2 * np.log(wF)
                     if we > 0:
-                        wE = wE * we if we != 1.0 else wE
+                        wE *= we
                         # the scalings in the order of the per-structure arrays they replace (same roundings)
                         parts.append((PsiE[None, :], comp[None, :], ((np.multiply, wE), (np.divide, n)),
                                       wE * np.array([(E - comp @ self.E0_) / n])))
@@ -409,10 +410,9 @@ class ACEModel:
                         log.info("rows %d/%d", k + 1, len(atoms_list))
                 # the block's weighted rows written once into one array (no per-structure copies)
                 nrows = sum(len(part[0]) for part in parts)
-                buf = bufs[bi % 2]            # block k's rows stay alive until k + 1's are built
-                if buf is None or len(buf) < nrows:
-                    buf = bufs[bi % 2] = np.empty((nrows if len(blocks) == 1 else max(nrows, block_rows + 64), P))
-                Pw = buf[:nrows]
+                if bufs[bi % 2] is None:      # block k's rows stay alive until k + 1's are built
+                    bufs[bi % 2] = np.empty((cap, P))
+                Pw = bufs[bi % 2][:nrows]
                 r0 = 0
                 for R, C, ops, _ in parts:
                     r1 = r0 + len(R)

@@ -354,9 +354,9 @@ class ACEBasis:
         (the rows of 2 threads equal 1 thread's to ~1e-15; the edge factors bit for bit)."""
         if getattr(self, "threads_", None):
             return int(self.threads_)
-        from moire_al.config import environment
+        from .native import kernel_threads
 
-        return environment().threads or len(os.sched_getaffinity(0))
+        return kernel_threads()
 
     @property
     def native(self) -> bool:

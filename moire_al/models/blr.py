@@ -27,7 +27,6 @@ the evidence. Committee members are draws ``c_k = c̄ + L ξ_k`` with
 from __future__ import annotations
 
 import io
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -117,11 +116,9 @@ def two_sum_add(hi: np.ndarray, lo: np.ndarray, x: np.ndarray) -> None:
         return
     import ctypes
 
-    from moire_al.config import environment
-    from moire_al.models.native import dptr
+    from moire_al.models.native import dptr, kernel_threads
 
-    threads = environment().threads or len(os.sched_getaffinity(0))
-    fn(dptr(hi), dptr(lo), dptr(x), ctypes.c_long(hi.size), ctypes.c_int(threads))
+    fn(dptr(hi), dptr(lo), dptr(x), ctypes.c_long(hi.size), ctypes.c_int(kernel_threads()))
 
 
 def _two_sum_kernel():

@@ -100,6 +100,14 @@ def load(name: str) -> ctypes.CDLL:
         return _LOADED[name]
 
 
+def kernel_threads() -> int:
+    """Threads of the compiled kernels: ``$MOIRE_AL_THREADS``, else the cores this process
+    may use."""
+    from moire_al.config import environment
+
+    return environment().threads or len(os.sched_getaffinity(0))
+
+
 def dptr(a):
     """A float64 C-contiguous array as ``double*`` (None stays NULL)."""
     return None if a is None else a.ctypes.data_as(ctypes.POINTER(ctypes.c_double))
