@@ -60,6 +60,14 @@ def test_compiled_rows_equal_jax_rows(elements, material, pbc, order):
             continue
         assert np.abs(x).max() > 0
         np.testing.assert_allclose(y, x, rtol=0, atol=1e-10 * np.abs(x).max())
+    # the force rows written into a wider array (the fit's block of rows, stride L + 2): the
+    # same rows, the extra columns untouched, stale contents overwritten
+    for native, want in ((True, c_rows[1]), (False, jax_rows[1])):
+        wide = np.full((3 * len(at), b.L + 2), 7.0)
+        PsiF = b.structure_rows(at, native=native, out=wide)[1]
+        assert np.shares_memory(PsiF, wide)
+        np.testing.assert_array_equal(PsiF, want)
+        np.testing.assert_array_equal(wide[:, b.L:], 7.0)
 
 
 @pytest.mark.parametrize("elements,material", [([6], "graphene"), ([5, 7], "hbn")])

@@ -330,13 +330,14 @@ class ACEModel:
         :meth:`set_plan`): weighted design rows of energy (per atom), forces and virial (per
         atom), accumulated per block (``blocks``, default :meth:`fit_blocks`) by a symmetric
         rank-k update (BLAS dsyrk on the upper triangle) and added to the totals with an
-        error-free summation. Memory: O(L²) + up to four blocks' rows.
+        error-free summation. Memory: O(L²) + two blocks' rows.
 
         The work is pipelined over the basis' threads (:attr:`ACEBasis.threads`): the rows
         of a block's structures are computed concurrently, one structure per thread (each
         with the single-threaded kernel, so its rows are those of a serial fit bit for bit),
-        while the previous block's dsyrk runs without the GIL; the blocks' products and their
-        summation order are the serial fit's, so the result equals it exactly."""
+        written and weighted in place in the block's array, while the previous block's dsyrk
+        runs without the GIL in the other; the blocks' products and their summation order
+        are the serial fit's, so the result equals it exactly."""
         from concurrent.futures import ThreadPoolExecutor
 
         from .blr import NormalEquations, syrk_upper
@@ -351,90 +352,99 @@ class ACEModel:
         n_atoms, n_obs = 0, 0
         blocks = self.fit_blocks(atoms_list, block_rows) if blocks is None else blocks
 
-        def rows(k):
+        def layout(k):
+            """Structure k's rows (E if its energy is fitted, 3n F, 6 V if it has a stress
+            label and a volume), their weights and weighted targets."""
             at = atoms_list[k]
-            return b.structure_rows(at, structure_name(at, k), threads=1)
+            name = structure_name(at, k)
+            E, F, S = self._targets(at, name)
+            n = len(at)
+            ws = _structure_weight(at, name) * (float(self.multilayer_weight) if layer_count(at) >= 2 else 1.0)
+            wE, wF, wV = (ws * float(self.weights[key]) for key in ("E", "F", "V"))
+            we = _energy_weight(at, name)
+            vol = b.cell_volume(at) if S is not None else None
+            lay = {"k": k, "name": name, "n": n, "wF": wF, "nE": int(we > 0), "nV": 6 if vol is not None else 0}
+            lw = F.size * 2 * np.log(wF)
+            y = []
+            if we > 0:
+                wE *= we
+                lay.update(wE=wE, comp=self._composition(at))
+                y.append(wE * np.array([(E - lay["comp"] @ self.E0_) / n]))
+                lw += 2 * np.log(wE)
+            y.append(wF * F.reshape(-1))
+            if vol is not None:
+                lay.update(wV=wV, vol=vol)
+                y.append(wV * S * vol / n)
+                lw += 12 * np.log(wV)
+            lay["rows"] = lay["nE"] + 3 * n + lay["nV"]
+            return lay, y, lw
 
-        def pending_add(fut, Pw, yw, lw2):
-            AtA = fut.result()
-            neq.add_block(AtA, Pw.T @ yw, float(yw @ yw), lw2)
+        def fill(lay, R):
+            """Structure ``lay``'s weighted rows into R (its rows of the block), with the
+            roundings of the per-structure arrays they replace: value * w first, then the
+            other factors in order."""
+            n, e = lay["n"], lay["nE"]
+            PsiE, PsiF, PsiS = b.structure_rows(atoms_list[lay["k"]], lay["name"], threads=1, out=R[e:e + 3 * n])
+            if e:
+                wE = lay["wE"]
+                np.multiply(PsiE, wE, out=R[0, :L])
+                np.multiply(lay["comp"], wE, out=R[0, L:])
+                np.divide(R[0], n, out=R[0])
+            np.multiply(PsiF, lay["wF"], out=PsiF)
+            R[e:e + 3 * n, L:] = 0.0
+            if lay["nV"]:
+                V = R[e + 3 * n:]
+                np.multiply(PsiS, lay["wV"], out=V[:, :L])
+                V[:, L:] = 0.0
+                np.multiply(V, lay["vol"], out=V)
+                np.divide(V, n, out=V)
 
         nthreads = max(1, b.threads)
         # one product buffer: a block's dsyrk starts after the previous product was added
         AtA = np.zeros((P, P), order="F")
-        bufs = [None, None]                   # two row buffers, alternating between blocks
-        # rows of the largest block (at most 1 + 3n + 6 per structure, as in fit_blocks)
+        # two row buffers, alternating: a block's rows are built in one while the previous
+        # block's dsyrk reads the other (at most 1 + 3n + 6 rows per structure, as in fit_blocks)
         cap = max((sum(7 + 3 * len(atoms_list[k]) for k in range(*blk)) for blk in blocks), default=0)
+        bufs = [np.empty((cap, P)) if i < len(blocks) else None for i in range(2)]
         with ThreadPoolExecutor(max_workers=nthreads) as pool, ThreadPoolExecutor(max_workers=1) as blas:
-            prev = None
-            futs = {}
 
-            def submit(block):                # the rows of a block, queued ahead of their use
-                futs.update({k: pool.submit(rows, k) for k in range(*block)})
+            def submit(bi):                   # block bi's layout, then its rows on the pool
+                lays, ys, lws, r0 = [], [], [], 0
+                for k in range(*blocks[bi]):
+                    lay, y, lw = layout(k)
+                    lay["r0"] = r0
+                    r0 += lay["rows"]
+                    lays.append(lay)
+                    ys += y
+                    lws.append(lw)
+                Pw = bufs[bi % 2][:r0]
+                futs = [pool.submit(fill, lay, Pw[lay["r0"]:lay["r0"] + lay["rows"]]) for lay in lays]
+                return lays, Pw, np.concatenate(ys), float(np.sum(lws)), futs
 
-            if blocks:
-                submit(blocks[0])
-            for bi, (start, stop) in enumerate(blocks):
-                if bi + 1 < len(blocks):      # keeps the threads busy while this block waits
-                    submit(blocks[bi + 1])
-                parts, lw2 = [], []           # (rows, composition columns, scalings, weighted targets)
-                for k in range(start, stop):
-                    at = atoms_list[k]
-                    name = structure_name(at, k)
-                    E, F, S = self._targets(at, name)
-                    n = len(at)
-                    n_atoms += n
-                    comp = self._composition(at)
-                    PsiE, PsiF, PsiS = futs.pop(k).result()
-                    ws = _structure_weight(at, name) * (float(self.multilayer_weight) if layer_count(at) >= 2 else 1.0)
-                    wE, wF, wV = (ws * float(self.weights[key]) for key in ("E", "F", "V"))
-                    we = _energy_weight(at, name)
-                    lw = F.size * 2 * np.log(wF)
-                    if we > 0:
-                        wE *= we
-                        # the scalings in the order of the per-structure arrays they replace (same roundings)
-                        parts.append((PsiE[None, :], comp[None, :], ((np.multiply, wE), (np.divide, n)),
-                                      wE * np.array([(E - comp @ self.E0_) / n])))
-                        counts["E"] += 1
-                        lw += 2 * np.log(wE)
-                    parts.append((PsiF, None, ((np.multiply, wF),), wF * F.reshape(-1)))
-                    counts["F"] += F.size
-                    if S is not None and PsiS is not None:
-                        vol = abs(np.linalg.det(at.cell.array))
-                        parts.append((PsiS, None, ((np.multiply, wV), (np.multiply, vol), (np.divide, n)),
-                                      wV * S * vol / n))
-                        counts["V"] += 6
-                        lw += 12 * np.log(wV)
-                    lw2.append(lw)
-                    if verbose and (k + 1) % 10 == 0:
-                        log.info("rows %d/%d", k + 1, len(atoms_list))
-                # the block's weighted rows written once into one array (no per-structure copies)
-                nrows = sum(len(part[0]) for part in parts)
-                if bufs[bi % 2] is None:      # block k's rows stay alive until k + 1's are built
-                    bufs[bi % 2] = np.empty((cap, P))
-                Pw = bufs[bi % 2][:nrows]
-                r0 = 0
-                for R, C, ops, _ in parts:
-                    r1 = r0 + len(R)
-                    (op, v), rest = ops[0], ops[1:]
-                    op(R, v, out=Pw[r0:r1, :L])         # one pass from the rows (most of the data)
-                    if C is None:
-                        Pw[r0:r1, L:] = 0.0
-                    else:
-                        op(C, v, out=Pw[r0:r1, L:])
-                    for op, v in rest:
-                        op(Pw[r0:r1], v, out=Pw[r0:r1])
-                    r0 = r1
-                yw = np.concatenate([part[3] for part in parts])
-                del parts
+            prev, nxt = None, submit(0) if blocks else None
+            for bi in range(len(blocks)):
+                lays, Pw, yw, lw2, futs = nxt
+                for f in futs:
+                    f.result()
+                for lay in lays:
+                    n_atoms += lay["n"]
+                    counts["E"] += lay["nE"]
+                    counts["F"] += 3 * lay["n"]
+                    counts["V"] += lay["nV"]
                 n_obs += len(yw)
+                if verbose:
+                    log.info("rows %d/%d", blocks[bi][1], len(atoms_list))
                 if prev is not None:          # the previous block's dsyrk ran beside these rows
-                    pending_add(*prev)
+                    fut, Pw0, yw0, lw0 = prev
+                    neq.add_block(fut.result(), Pw0.T @ yw0, float(yw0 @ yw0), lw0)
                 # upper triangle of PwᵀPw (lower left 0), as (Pwᵀ)(Pwᵀ)ᵀ: Pwᵀ is Fortran-ordered,
                 # so BLAS takes it without a transposed copy (1.4-1.7x)
-                prev = (blas.submit(syrk_upper, Pw, AtA), Pw, yw, float(np.sum(lw2)))
+                prev = (blas.submit(syrk_upper, Pw, AtA), Pw, yw, lw2)
+                # the next block's rows into the other buffer, whose dsyrk was just added
+                nxt = submit(bi + 1) if bi + 1 < len(blocks) else None
             if prev is not None:
-                pending_add(*prev)
+                fut, Pw0, yw0, lw0 = prev
+                neq.add_block(fut.result(), Pw0.T @ yw0, float(yw0 @ yw0), lw0)
         neq.n_obs, neq.counts, neq.n_structures, neq.n_atoms = n_obs, counts, len(atoms_list), n_atoms
         neq.time_rows_s = time.perf_counter() - t_rows
         return neq

@@ -64,6 +64,24 @@ from moire_al.errors import ModelError  # noqa: E402
 
 log = logging.getLogger(__name__)
 _NATIVE_LOCK = threading.Lock()
+_SCRATCH = threading.local()
+#: largest reused per-thread array (elements); larger ones are allocated per call
+SCRATCH_MAX = 1 << 23
+
+
+def _scratch(key: str, shape) -> np.ndarray:
+    """This thread's reused array ``key`` of ``shape`` (contents undefined; valid until the
+    thread asks for ``key`` again). The edge factors of a 100-atom cell at L ~ 5k are ~40 MB:
+    fresh each structure, their pages were faulted in and zeroed by the OS every time
+    (≈ 0.1 ms/atom, measured)."""
+    n = int(np.prod(shape))
+    if n > SCRATCH_MAX:
+        return np.empty(shape)
+    bufs = _SCRATCH.__dict__.setdefault("bufs", {})
+    buf = bufs.get(key)
+    if buf is None or buf.size < n:
+        buf = bufs[key] = np.empty(min(SCRATCH_MAX, max(n, 2 * (0 if buf is None else buf.size))))
+    return buf[:n].reshape(shape)
 
 #: Largest number of centre atoms evaluated in one compiled call. Structures with
 #: more atoms are processed in chunks of this size (bounded memory, one compile).
@@ -311,8 +329,14 @@ class ACEBasis:
         idx, dist, count = _dense_from_sparse(np.asarray(i), np.asarray(j), np.asarray(Dv), n, K)
         live = np.arange(K)[None, :] < count[:, None]
         dist = np.where(live[..., None], dist, np.array([self.rcut, 0.0, 0.0]))
-        vol = float(abs(np.linalg.det(atoms.cell.array))) if pbc.all() and atoms.cell.rank == 3 else None
-        return _Graph(n, dist, idx, live, node_z, vol, np.asarray(Sv, np.int64))
+        return _Graph(n, dist, idx, live, node_z, self.cell_volume(atoms), np.asarray(Sv, np.int64))
+
+    @staticmethod
+    def cell_volume(atoms) -> float | None:
+        """The cell volume of a 3D-periodic structure (it has virial rows), else None."""
+        if np.asarray(atoms.pbc, bool).all() and atoms.cell.rank == 3:
+            return float(abs(np.linalg.det(atoms.cell.array)))
+        return None
 
     def _chunks(self, g: _Graph):
         """Yield (start, stop, padded arrays) over centre-atom chunks."""
@@ -418,13 +442,14 @@ class ACEBasis:
         return (not m.rtab_grid and m.radial_kind == "analytic" and m.rnl_basis == "poly"
                 and m.pair_radial_kind == "analytic")
 
-    def _edge_factors(self, v, z1, z2, rev=None, threads: int | None = None):
+    def _edge_factors(self, v, z1, z2, rev=None, threads: int | None = None, scratch: bool = False):
         """Per-edge (R, R', Rpair, Rpair', Y, ∇Y (E, 3, nY)): compiled for ace-jax's analytic
         radials (``rev``, the reverse edge of each: a pair of the same species pair is
-        computed once), else :func:`_edge_kernel` padded and split into few compiled shapes."""
+        computed once; ``scratch``: into this thread's reused arrays), else
+        :func:`_edge_kernel` padded and split into few compiled shapes."""
         E = len(v)
         if self._analytic():
-            return self._native_edge_factors(v, z1, z2, rev, threads)
+            return self._native_edge_factors(v, z1, z2, rev, threads, scratch)
         outs = []
         for a in range(0, max(E, 1), EDGE_MAX):
             b = min(a + EDGE_MAX, E)
@@ -441,7 +466,8 @@ class ACEBasis:
             outs.append([np.asarray(x)[:m] for x in res])
         return [np.ascontiguousarray(np.concatenate(x)) for x in zip(*outs)]
 
-    def _native_edge_factors(self, v, z1, z2, rev=None, threads: int | None = None):
+    def _native_edge_factors(self, v, z1, z2, rev=None, threads: int | None = None, scratch: bool = False):
+        """``scratch``: into this thread's reused arrays (valid until its next call with it)."""
         from .native import dptr as dp, iptr as ip
 
         m = self.model
@@ -455,9 +481,10 @@ class ACEBasis:
         rt, re, rW, rA, rB, rC, pt, pe, kind, pW, pA, pB, pC = self._radial_params
         E = len(v)
         n_rnl, n_pair, nY = rW.shape[-1], pW.shape[-1], (m.lmax + 1) ** 2
-        R, dR = np.empty((E, n_rnl)), np.empty((E, n_rnl))
-        Rp, dRp = np.empty((E, n_pair)), np.empty((E, n_pair))
-        Y, dY = np.empty((E, nY)), np.empty((E, 3, nY))
+        new = _scratch if scratch else (lambda key, shape: np.empty(shape))
+        R, dR = new("R", (E, n_rnl)), new("dR", (E, n_rnl))
+        Rp, dRp = new("Rp", (E, n_pair)), new("dRp", (E, n_pair))
+        Y, dY = new("Y", (E, nY)), new("dY", (E, 3, nY))
         pz = np.ascontiguousarray(np.asarray(z1, np.int64) * self.NZ + np.asarray(z2, np.int64), np.int32)
         src = None
         if rev is not None:
@@ -485,7 +512,7 @@ class ACEBasis:
         centre = np.repeat(np.arange(g.n), counts)
         nbr = np.ascontiguousarray(g.idx[g.mask], np.int32)
         R, dR, Rp, dRp, Y, dY = self._edge_factors(v, g.node_z[centre], g.node_z[nbr], g.reverse_edges(),
-                                                   threads)
+                                                   threads, scratch=True)
         off = np.ascontiguousarray(np.concatenate([[0], np.cumsum(counts)]), np.int32)
         zc = np.ascontiguousarray(g.node_z, np.int32)
         nY = Y.shape[1] if Y.ndim == 2 else 0
@@ -497,17 +524,25 @@ class ACEBasis:
                 ip(P["u_b"]), ip(P["u_a"]), ip(P["u_off"]), ip(P["e_src"]), dp(P["e_val"])]
         return args, (v, nbr, off, zc, R, dR, Rp, dRp, Y, dY)
 
-    def _native_rows(self, g: _Graph, stress: bool = True, threads: int | None = None):
+    def _native_rows(self, g: _Graph, stress: bool = True, threads: int | None = None, out=None):
         """(PsiE (L,), PsiF (3n, L), S (3, 3, L) or None) from the compiled kernel; S is the
-        unsymmetrised Σ ∂X/∂v_a v_b, as in :meth:`structure_rows`."""
+        unsymmetrised Σ ∂X/∂v_a v_b, as in :meth:`structure_rows`. ``out`` (3n, ≥ L), unit
+        column stride: PsiF is written into ``out[:, :L]`` and is that view."""
         from .native import dptr as dp
 
         args, _keep = self._native_inputs(g, threads)
         PsiE = np.zeros(self.L)
-        PsiF = np.zeros((3 * g.n, self.L))
+        if out is None:
+            PsiF = np.zeros((3 * g.n, self.L))
+        else:
+            if (out.dtype != np.float64 or out.ndim != 2 or out.shape[0] != 3 * g.n or out.shape[1] < self.L
+                    or out.strides[1] != 8 or out.strides[0] % 8):
+                raise ValueError(f"out must be a float64 (3n, >= L) array with unit column stride, not {out.shape}")
+            PsiF = out[:, : self.L]
+            PsiF[...] = 0.0
         S = np.zeros((3, 3, self.L)) if stress and g.volume is not None else None
         status = self._lib.ace_rows(*args, None, ctypes.c_int(0), dp(PsiE), dp(PsiF), dp(S),
-                                    ctypes.c_int(threads or self.threads))
+                                    ctypes.c_int(threads or self.threads), ctypes.c_int(PsiF.strides[0] // 8))
         if status:
             raise ModelError("two atoms coincide (an edge of zero length)")
         return PsiE, PsiF, S
@@ -525,25 +560,26 @@ class ACEBasis:
         F = np.zeros((3 * g.n, r))
         S = np.zeros((3, 3, r)) if stress and g.volume is not None else None
         status = self._lib.ace_rows(*args, dp(C), ctypes.c_int(r), dp(PsiE), dp(F), dp(S),
-                                    ctypes.c_int(threads or self.threads))
+                                    ctypes.c_int(threads or self.threads), ctypes.c_int(0))
         if status:
             raise ModelError("two atoms coincide (an edge of zero length)")
         return PsiE, F, S
 
     # ------------------------------------------------------------------ design rows
     def structure_rows(self, atoms, name="", graph: _Graph | None = None, native: bool | None = None,
-                       threads: int | None = None):
+                       threads: int | None = None, out=None):
         """Design rows of one structure in our column layout.
 
         Returns (PsiE (L,), PsiF (3n, L) ordered atom-major (x,y,z per atom),
         PsiS (6, L) Voigt stress rows (ASE sign, eV/Å³ per unit coefficient) or None
         when the structure is not 3D periodic). ``native`` (default: when available)
         takes them from the compiled kernel (on ``threads``, default :attr:`threads`), else
-        from the JAX edge Jacobian.
+        from the JAX edge Jacobian. ``out`` (3n, ≥ L), unit column stride: the force rows
+        are written into ``out[:, :L]`` (e.g. the fit's block of rows) and PsiF is that view.
         """
         g = graph or self.graph(atoms, name)
         if self.native if native is None else native:
-            PsiE, PsiF, S = self._native_rows(g, threads=threads)
+            PsiE, PsiF, S = self._native_rows(g, threads=threads, out=out)
             return PsiE, PsiF, self._voigt_rows(S, g)
         L, D = self.L, self.D
         PsiE = np.zeros(L)
@@ -568,7 +604,11 @@ class ACEBasis:
                     PsiF[:, a, cols] += inc @ Jflat[:, :, a]
                 if g.volume is not None:
                     S[:, :, cols] += np.einsum("ckda,ckb->abd", Jz, np.where(g.mask[s:e, :, None], rloc, 0.0))
-        return PsiE, PsiF.reshape(3 * g.n, L), self._voigt_rows(S if g.volume is not None else None, g)
+        PsiF = PsiF.reshape(3 * g.n, L)
+        if out is not None:
+            out[:, :L] = PsiF
+            PsiF = out[:, :L]
+        return PsiE, PsiF, self._voigt_rows(S if g.volume is not None else None, g)
 
     @staticmethod
     def _voigt_rows(S, g: _Graph):
