@@ -365,6 +365,14 @@ def test_cli_fit_and_predict(linear_data, tmp_path, capsys):
     assert np.abs(res[0].get_forces() - linear_data[30].arrays[REF_FORCES]).max() < 1e-3
     rc = main(["fit", str(tmp_path / "nope.xyz"), "-o", str(tmp_path / "x")])
     assert rc == 1
+    rc = main(["fit", str(tmp_path / "train.xyz"), "-o", str(tmp_path / "m30"), "--order", "2", "--totaldegree", "6",
+               "--no-d3", "--committee-size", "2", "--multilayer-weight", "30", "--no-plots"])
+    assert rc == 0 and ACEModel.load(tmp_path / "m30").multilayer_weight == 30.0
+    rc = main(["fit", str(tmp_path / "train.xyz"), "-o", str(tmp_path / "bad"), "--order", "2", "--totaldegree", "6",
+               "--no-d3", "--multilayer-weight", "-1", "--no-plots"])
+    err = capsys.readouterr().err
+    assert rc != 0 and not (tmp_path / "bad").exists()
+    assert "multilayer_weight" in err and "Traceback" not in err
 
 
 def test_julia_backend_detection():
@@ -549,6 +557,16 @@ def test_energy_weight_zero_leaves_a_structures_energy_out(cbasis, true_coef):
         return abs(m.predict_one(probe, committee=False)["energy"] - probe.info[REF_ENERGY]) / len(probe)
     assert eerr(ref) < 1e-4 and eerr(kept) < 1e-4 < 0.1 * eerr(hurt)
     assert kept.training_hash_ != hurt.training_hash_
+    # the error tables leave those energies out too (their offset is not a model error), the
+    # forces and the structure count stay; no energy at all: no energy error
+    from moire_al.models.metrics import format_table, rmse_table
+
+    tab = rmse_table(kept, data[4:] + shifted)["all"]
+    assert tab["n_structures"] == 12 and tab["E_meV_per_atom"] < 0.1 and tab["F_eV_per_A"] > 0
+    assert rmse_table(hurt, data[4:] + [a.copy() for a in data[:4]])["all"]["E_meV_per_atom"] > 1.0
+    none = rmse_table(kept, shifted)
+    assert none["all"]["n_structures"] == 4 and none["all"]["E_meV_per_atom"] is None
+    assert " - " in format_table({"train": none})
     bad = data[0].copy()
     bad.info["fit_weight_E"] = -1
     with pytest.raises(ModelError, match="fit_weight_E"):

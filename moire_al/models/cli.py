@@ -31,11 +31,15 @@ def register(subparsers) -> None:
     p.add_argument("--order", type=int, default=None,
                    help="correlation order (default: 3 for one species, 2 for more; docs/model.md)")
     p.add_argument("--totaldegree", type=int, default=None,
-                   help="ACE total degree (default: 14 for one species, 10 for more; docs/model.md)")
+                   help="ACE total degree (default: 16 for one species; for more, 12 at order 2 and 10 at "
+                        "order 3 or more; docs/model.md)")
     p.add_argument("--rcut", type=float, default=5.5)
     p.add_argument("--elements", help="comma-separated symbols (default: those in the data)")
     p.add_argument("--committee-size", type=int, default=32)
     p.add_argument("--weights", type=_weights, default=None, help="E=30,F=1,V=1")
+    p.add_argument("--multilayer-weight", type=float, default=None,
+                   help="factor on every row of a structure with two or more layers (default 3; the hBN "
+                        "twisted-bilayer model of docs/analysis.md used 30)")
     p.add_argument("--d3", choices=("auto", "on", "off"), default="auto",
                    help="add D3(BJ) to the model; auto (default): off when every label comes from the "
                         "reference potential (its interlayer terms already bind the layers), else on")
@@ -140,9 +144,13 @@ def fit_command(args) -> int:
 
     train = [at for path in args.train for at in _read(path)]
     test = _read(args.test) if args.test else None
-    model = ACEModel(elements=args.elements.split(",") if args.elements else None, order=args.order,
-                     totaldegree=args.totaldegree, rcut=args.rcut, committee_size=args.committee_size,
-                     weights=args.weights, d3=_want_d3(args, train), seed=args.seed)
+    params = dict(elements=args.elements.split(",") if args.elements else None, order=args.order,
+                  totaldegree=args.totaldegree, rcut=args.rcut, committee_size=args.committee_size,
+                  weights=args.weights, d3=_want_d3(args, train), seed=args.seed)
+    if args.multilayer_weight is not None:
+        params["multilayer_weight"] = args.multilayer_weight
+    ACEModel.check_params(params)            # a bad value: one line, before any fitting
+    model = ACEModel(**params)
     model.fit(train)
     tables = {"train": model.fit_report_["train"]}
     if test:

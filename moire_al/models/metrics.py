@@ -33,18 +33,24 @@ def _rmse(x) -> float:
 
 
 def error_arrays(model, atoms_list, predictions=None) -> dict:
-    """Per-structure energy errors (eV/atom) and per-component force errors, grouped by layer count."""
+    """Per-structure energy errors (eV/atom) and per-component force errors, grouped by layer
+    count ("n": structures). A structure whose energy is out of the fit (``fit_weight_E`` 0,
+    e.g. grid-smoothed CP2K energies, shifted per cell) has no energy error: its forces count."""
+    from .ace import ENERGY_WEIGHT_KEY
+
     preds = predictions if predictions is not None else predict_like_labels(model, atoms_list)
     groups: dict = {}
     for at, p in zip(atoms_list, preds):
-        g = groups.setdefault(n_layers_of(at), {"dE": [], "dF_inplane": [], "dF_out": [],
+        g = groups.setdefault(n_layers_of(at), {"n": 0, "dE": [], "dF_inplane": [], "dF_out": [],
                                                  "E_ref": [], "E_pred": [], "F_ref": [], "F_pred": []})
+        g["n"] += 1
         n = len(at)
-        eref, epred = float(at.info[REF_ENERGY]) / n, p["energy"] / n
         fref, fpred = np.asarray(at.arrays[REF_FORCES], float), p["forces"]
-        g["dE"].append(epred - eref)
-        g["E_ref"].append(eref)
-        g["E_pred"].append(epred)
+        if float(at.info.get(ENERGY_WEIGHT_KEY, 1.0)) != 0.0:
+            eref, epred = float(at.info[REF_ENERGY]) / n, p["energy"] / n
+            g["dE"].append(epred - eref)
+            g["E_ref"].append(eref)
+            g["E_pred"].append(epred)
         d = fpred - fref
         g["dF_inplane"].append(d[:, :2].reshape(-1))
         g["dF_out"].append(d[:, 2])
@@ -65,16 +71,17 @@ def rmse_table(model, atoms_list, predictions=None) -> dict:
     allg = {"dE": [], "dF_inplane": [], "dF_out": []}
     for key in sorted(groups, key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s)):
         g = groups[key]
-        table[key] = _row(g["dE"], g["dF_inplane"], g["dF_out"])
+        table[key] = _row(g["n"], g["dE"], g["dF_inplane"], g["dF_out"])
         for k in allg:
-            allg[k].append(np.atleast_1d(g[k]))
+            allg[k].append(np.atleast_1d(np.asarray(g[k], float)))
     cat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in allg.items()}
-    table["all"] = _row(cat["dE"], cat["dF_inplane"], cat["dF_out"])
+    table["all"] = _row(sum(g["n"] for g in groups.values()), cat["dE"], cat["dF_inplane"], cat["dF_out"])
     return table
 
 
-def _row(dE, dFin, dFout) -> dict:
-    return {"n_structures": int(len(dE)), "E_meV_per_atom": 1000 * _rmse(dE),
+def _row(n, dE, dFin, dFout) -> dict:
+    """n structures; E_meV_per_atom over those with a fitted energy (None if none)."""
+    return {"n_structures": int(n), "E_meV_per_atom": 1000 * _rmse(dE) if len(dE) else None,
             "F_eV_per_A": _rmse(np.concatenate([np.asarray(dFin), np.asarray(dFout)])),
             "F_inplane_eV_per_A": _rmse(dFin), "F_outofplane_eV_per_A": _rmse(dFout)}
 
@@ -84,7 +91,8 @@ def format_table(tables: dict) -> str:
     lines = [f"{'set':<6} {'layers':>6} {'n':>5} {'E meV/at':>9} {'F eV/Å':>8} {'F_xy':>8} {'F_z':>8}"]
     for name, t in tables.items():
         for key, r in t.items():
-            lines.append(f"{name:<6} {key:>6} {r['n_structures']:>5} {r['E_meV_per_atom']:>9.3f} "
+            e = "-" if r["E_meV_per_atom"] is None else f"{r['E_meV_per_atom']:.3f}"
+            lines.append(f"{name:<6} {key:>6} {r['n_structures']:>5} {e:>9} "
                          f"{r['F_eV_per_A']:>8.4f} {r['F_inplane_eV_per_A']:>8.4f} {r['F_outofplane_eV_per_A']:>8.4f}")
     return "\n".join(lines)
 
