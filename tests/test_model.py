@@ -366,7 +366,7 @@ def test_cli_fit_and_predict(linear_data, tmp_path, capsys):
     rc = main(["fit", str(tmp_path / "nope.xyz"), "-o", str(tmp_path / "x")])
     assert rc == 1
     rc = main(["fit", str(tmp_path / "train.xyz"), "-o", str(tmp_path / "m30"), "--order", "2", "--totaldegree", "6",
-               "--no-d3", "--committee-size", "2", "--multilayer-weight", "30", "--no-plots"])
+               "--no-d3", "--committee-size", "0", "--multilayer-weight", "30", "--no-plots"])
     assert rc == 0 and ACEModel.load(tmp_path / "m30").multilayer_weight == 30.0
     rc = main(["fit", str(tmp_path / "train.xyz"), "-o", str(tmp_path / "bad"), "--order", "2", "--totaldegree", "6",
                "--no-d3", "--multilayer-weight", "-1", "--no-plots"])

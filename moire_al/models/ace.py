@@ -166,8 +166,10 @@ class ACEModel:
 
     # ------------------------------------------------------------------ helpers
     @classmethod
-    def check_params(cls, params: dict) -> None:
-        """Raise :class:`ModelError` naming the first unknown or bad hyperparameter."""
+    def check_params(cls, params: dict, committee_optional: bool = False) -> None:
+        """Raise :class:`ModelError` naming the first unknown or bad hyperparameter.
+        ``committee_optional``: ``committee_size`` 0 (a fit without a committee) is allowed;
+        the loop's scoring needs one."""
         import inspect
 
         known = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
@@ -185,6 +187,8 @@ class ACEModel:
         for k in ("order", "totaldegree", "committee_size"):
             if k in ("order", "totaldegree") and params.get(k, 0) is None:
                 continue  # None: the default order / degree for the species
+            if k == "committee_size" and committee_optional and params.get(k) == 0 and is_int(params[k]):
+                continue
             if k in params and not (is_int(params[k]) and params[k] >= 1):
                 raise ModelError(f"ACEModel hyperparameter {k!r} must be a positive integer, got {params[k]!r}")
         for k in ("rcut", "wL", "prior_power", "multilayer_weight"):

@@ -149,7 +149,7 @@ def fit_command(args) -> int:
                   weights=args.weights, d3=_want_d3(args, train), seed=args.seed)
     if args.multilayer_weight is not None:
         params["multilayer_weight"] = args.multilayer_weight
-    ACEModel.check_params(params)            # a bad value: one line, before any fitting
+    ACEModel.check_params(params, committee_optional=True)    # a bad value: one line, before fitting
     model = ACEModel(**params)
     model.fit(train)
     tables = {"train": model.fit_report_["train"]}
