@@ -65,10 +65,9 @@ def training_set_hash(atoms_list) -> str:
         if REF_STRESS in at.info:
             h.update(np.round(np.asarray(at.info[REF_STRESS], float), 8).tobytes())
         h.update(str(bool(at.info.get(REF_D3, False))).encode())
-        if float(at.info.get("fit_weight", 1.0)) != 1.0:
-            h.update(f"w{float(at.info['fit_weight']):.6g}".encode())
-        if float(at.info.get("fit_weight_E", 1.0)) != 1.0:
-            h.update(f"wE{float(at.info['fit_weight_E']):.6g}".encode())
+        for key, tag in ((WEIGHT_KEY, "w"), (ENERGY_WEIGHT_KEY, "wE")):   # a weight other than 1
+            if float(at.info.get(key, 1.0)) != 1.0:
+                h.update(f"{tag}{float(at.info[key]):.6g}".encode())
         keys.append(h.hexdigest())
     return hashlib.sha256("".join(sorted(keys)).encode()).hexdigest()[:24]
 
@@ -383,6 +382,10 @@ class ACEModel:
             lay["rows"] = lay["nE"] + 3 * n + lay["nV"]
             return lay, y, lw
 
+        def add(prev):                        # a block's finished dsyrk into the totals
+            fut, Pw, yw, lw2 = prev
+            neq.add_block(fut.result(), Pw.T @ yw, float(yw @ yw), lw2)
+
         def fill(lay, R):
             """Structure ``lay``'s weighted rows into R (its rows of the block), with the
             roundings of the per-structure arrays they replace: value * w first, then the
@@ -439,16 +442,14 @@ class ACEModel:
                 if verbose:
                     log.info("rows %d/%d", blocks[bi][1], len(atoms_list))
                 if prev is not None:          # the previous block's dsyrk ran beside these rows
-                    fut, Pw0, yw0, lw0 = prev
-                    neq.add_block(fut.result(), Pw0.T @ yw0, float(yw0 @ yw0), lw0)
+                    add(prev)
                 # upper triangle of PwᵀPw (lower left 0), as (Pwᵀ)(Pwᵀ)ᵀ: Pwᵀ is Fortran-ordered,
                 # so BLAS takes it without a transposed copy (1.4-1.7x)
                 prev = (blas.submit(syrk_upper, Pw, AtA), Pw, yw, lw2)
                 # the next block's rows into the other buffer, whose dsyrk was just added
                 nxt = submit(bi + 1) if bi + 1 < len(blocks) else None
             if prev is not None:
-                fut, Pw0, yw0, lw0 = prev
-                neq.add_block(fut.result(), Pw0.T @ yw0, float(yw0 @ yw0), lw0)
+                add(prev)
         neq.n_obs, neq.counts, neq.n_structures, neq.n_atoms = n_obs, counts, len(atoms_list), n_atoms
         neq.time_rows_s = time.perf_counter() - t_rows
         return neq

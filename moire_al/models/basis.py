@@ -543,6 +543,8 @@ class ACEBasis:
         S = np.zeros((3, 3, self.L)) if stress and g.volume is not None else None
         status = self._lib.ace_rows(*args, None, ctypes.c_int(0), dp(PsiE), dp(PsiF), dp(S),
                                     ctypes.c_int(threads or self.threads), ctypes.c_int(PsiF.strides[0] // 8))
+        if status == 2:                               # checked above: a caller's bug, not the input's
+            raise RuntimeError("ace_rows: the force rows' stride is below L")
         if status:
             raise ModelError("two atoms coincide (an edge of zero length)")
         return PsiE, PsiF, S

@@ -36,17 +36,17 @@ def error_arrays(model, atoms_list, predictions=None) -> dict:
     """Per-structure energy errors (eV/atom) and per-component force errors, grouped by layer
     count ("n": structures). A structure whose energy is out of the fit (``fit_weight_E`` 0,
     e.g. grid-smoothed CP2K energies, shifted per cell) has no energy error: its forces count."""
-    from .ace import ENERGY_WEIGHT_KEY
+    from .ace import _energy_weight
 
     preds = predictions if predictions is not None else predict_like_labels(model, atoms_list)
     groups: dict = {}
-    for at, p in zip(atoms_list, preds):
+    for k, (at, p) in enumerate(zip(atoms_list, preds)):
         g = groups.setdefault(n_layers_of(at), {"n": 0, "dE": [], "dF_inplane": [], "dF_out": [],
                                                  "E_ref": [], "E_pred": [], "F_ref": [], "F_pred": []})
         g["n"] += 1
         n = len(at)
         fref, fpred = np.asarray(at.arrays[REF_FORCES], float), p["forces"]
-        if float(at.info.get(ENERGY_WEIGHT_KEY, 1.0)) != 0.0:
+        if _energy_weight(at, structure_name(at, k)) > 0:
             eref, epred = float(at.info[REF_ENERGY]) / n, p["energy"] / n
             g["dE"].append(epred - eref)
             g["E_ref"].append(eref)

@@ -372,43 +372,37 @@ MULTIVERSION int rows_range(const Edges& g, const Plan& p, int kmax, int i0, int
     const double* u = st.u.data();
     const size_t col0 = (size_t)z * D;
     const double* V = g.v + 3 * (size_t)s0;
-    for (int a = 0; a < p.n_A; ++a) {
-      const double* da = &st.dA[(size_t)a * w];
-      double acc[12] = {0.0};
-      for (int s = 0; s < nl; ++s)
-        for (int c = 0; c < 3; ++c) {
-          const double x = da[3 * s + c];
-          acc[c] += x;
-          for (int b = 0; b < 3; ++b) acc[3 + 3 * c + b] += x * V[3 * s + b];
-        }
-      std::copy(acc, acc + 12, &G[(size_t)a * 12]);
-    }
+    // the 12 sums of an edge vector x (component c of edge s): acc[c] += x, acc[3 + 3 c + b] += x v_b
+    auto sum12 = [&](double* acc, int s, int c, double x) {
+      acc[c] += x;
+      for (int b = 0; b < 3; ++b) acc[3 + 3 * c + b] += x * V[3 * s + b];
+    };
     double* Fi[3];
     for (int c = 0; c < 3; ++c) Fi[c] = PsiF + ((size_t)i * 3 + c) * ldf + col0;
     double* Sr[9];
     for (int k = 0; k < 9; ++k) Sr[k] = S ? S + (size_t)k * L + col0 : nullptr;
-    for (int q = 0; q < p.n_u; ++q) {
-      const double cf = st.cf[q];
-      if (cf == 0.0) continue;
-      const int d = p.u_b[q];
-      const double* Ga = &G[(size_t)p.u_a[q] * 12];
-      for (int c = 0; c < 3; ++c) Fi[c][d] += cf * Ga[c];
+    // function d's centre force rows += f g[0..3), virial rows += f g[3..12)
+    auto put12 = [&](int d, double f, const double* g12) {
+      for (int c = 0; c < 3; ++c) Fi[c][d] += f * g12[c];
       if (S)
-        for (int k = 0; k < 9; ++k) Sr[k][d] += cf * Ga[3 + k];
+        for (int k = 0; k < 9; ++k) Sr[k][d] += f * g12[3 + k];
+    };
+    for (int a = 0; a < p.n_A; ++a) {
+      const double* da = &st.dA[(size_t)a * w];
+      double acc[12] = {0.0};
+      for (int s = 0; s < nl; ++s)
+        for (int c = 0; c < 3; ++c) sum12(acc, s, c, da[3 * s + c]);
+      std::copy(acc, acc + 12, &G[(size_t)a * 12]);
     }
+    for (int q = 0; q < p.n_u; ++q)
+      if (st.cf[q] != 0.0) put12(p.u_b[q], st.cf[q], &G[(size_t)p.u_a[q] * 12]);
     for (int qp = 0; qp < n_pair; ++qp) {
       double acc[12] = {0.0};
       for (int s = 0; s < nl; ++s) {
         const double gr = g.dRp[(size_t)(s0 + s) * n_pair + qp];
-        for (int c = 0; c < 3; ++c) {
-          const double x = gr * u[3 * s + c];
-          acc[c] += x;
-          for (int b = 0; b < 3; ++b) acc[3 + 3 * c + b] += x * V[3 * s + b];
-        }
+        for (int c = 0; c < 3; ++c) sum12(acc, s, c, gr * u[3 * s + c]);
       }
-      for (int c = 0; c < 3; ++c) Fi[c][n_B + qp] += acc[c];
-      if (S)
-        for (int k = 0; k < 9; ++k) Sr[k][n_B + qp] += acc[3 + k];
+      put12(n_B + qp, 1.0, acc);                    // x 1.0: exact
     }
     int q = 0;
     for (int d0 = 0; d0 < D; d0 += TILE) {
