@@ -382,6 +382,12 @@ MULTIVERSION int rows_range(const Edges& g, const Plan& p, int kmax, int i0, int
   // -> 0.22 ms per site, rows bitwise equal; CE 4 or 16: 1.1-1.2x slower than 8.
   constexpr int CE = 8, CX = 3 * CE, NV = CX / 4;
   std::vector<double> dAc((size_t)p.n_A * CX), JT((size_t)CX * D);
+  // function d's coupling pairs are [bstart[d], bstart[d + 1]) (sorted by u_b); uoff: their
+  // rows of dAc
+  std::vector<int> bstart(D + 1, p.n_u), uoff(p.n_u);
+  for (int q = p.n_u - 1; q >= 0; --q) bstart[p.u_b[q]] = q;
+  for (int d = D - 1; d >= 0; --d) bstart[d] = std::min(bstart[d], bstart[d + 1]);
+  for (int q = 0; q < p.n_u; ++q) uoff[q] = p.u_a[q] * CX;
   // G[a][c] = sum_s dA_a/dv_s,c and G[a][3 + 3 c + b] = sum_s dA_a/dv_s,c v_s,b: the centre's
   // force rows and the virial rows are sum_s J, sum_s J v, i.e. the sparse dB/dA times these
   // 12 columns (n_u x 12 per site), instead of 12 load-stores per function and edge (the
@@ -434,15 +440,14 @@ MULTIVERSION int rows_range(const Edges& g, const Plan& p, int kmax, int i0, int
         double* dc = &dAc[(size_t)a * CX];
         for (int x = 0; x < CX; ++x) dc[x] = x < nx ? da[x] : 0.0;
       }
-      int q = 0;
       for (int d = 0; d < D; ++d) {
         v4d acc[NV];
         for (int m = 0; m < NV; ++m) acc[m] = v4d{0.0, 0.0, 0.0, 0.0};
         if (d < n_B) {
-          for (; q < p.n_u && p.u_b[q] == d; ++q) {
+          // no test for cf = 0: fma(0, x, acc) is acc for finite x, and acc is never -0
+          for (int q = bstart[d]; q < bstart[d + 1]; ++q) {
             const double cf = st.cf[q];
-            if (cf == 0.0) continue;
-            const double* dc = &dAc[(size_t)p.u_a[q] * CX];
+            const double* dc = &dAc[uoff[q]];
             for (int m = 0; m < NV; ++m) {
               v4d x;
               std::memcpy(&x, dc + 4 * m, 32);
