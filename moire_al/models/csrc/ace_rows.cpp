@@ -423,8 +423,26 @@ MULTIVERSION int rows_range(const Edges& g, const Plan& p, int kmax, int i0, int
         for (int c = 0; c < 3; ++c) sum12(acc, s, c, da[3 * s + c]);
       std::copy(acc, acc + 12, &G[(size_t)a * 12]);
     }
-    for (int q = 0; q < p.n_u; ++q)
-      if (st.cf[q] != 0.0) put12(p.u_b[q], st.cf[q], &G[(size_t)p.u_a[q] * 12]);
+    // per function, its 12 row entries loaded once, its pairs' terms added in order (the
+    // same operations as one read-modify-write per pair, which was most of this part)
+    for (int d = 0; d < n_B; ++d) {
+      v4d acc[3];
+      double* a = (double*)acc;
+      for (int c = 0; c < 3; ++c) a[c] = Fi[c][d];
+      for (int k = 0; k < 9; ++k) a[3 + k] = S ? Sr[k][d] : 0.0;
+      for (int q = bstart[d]; q < bstart[d + 1]; ++q) {
+        const double cf = st.cf[q];
+        const double* g12 = &G[(size_t)p.u_a[q] * 12];
+        for (int m = 0; m < 3; ++m) {
+          v4d x;
+          std::memcpy(&x, g12 + 4 * m, 32);
+          acc[m] += cf * x;
+        }
+      }
+      for (int c = 0; c < 3; ++c) Fi[c][d] = a[c];
+      if (S)
+        for (int k = 0; k < 9; ++k) Sr[k][d] = a[3 + k];
+    }
     for (int qp = 0; qp < n_pair; ++qp) {
       double acc[12] = {0.0};
       for (int s = 0; s < nl; ++s) {
