@@ -41,19 +41,22 @@ def test_rows_and_committee_by_parts_equal_acejax(elements, material):
 
 
 @pytest.mark.parametrize("elements,material,pbc,order", [([6], "graphene", True, 3), ([5, 7], "hbn", True, 3),
-                                                         ([6], "graphene", False, 3), ([6], "graphene", True, 2)])
+                                                         ([6], "graphene", False, 3), ([6], "graphene", True, 2),
+                                                         ([6], "graphene", True, 4)])
 def test_compiled_rows_equal_jax_rows(elements, material, pbc, order):
     """The compiled kernel (edge factors + product basis + dB/dA, csrc/ace_rows.cpp) gives the
-    JAX rows: energy, forces and virial, order-3 products (sparse coupling) and order 2 (a
-    small basis: dense A2B), one and two species, 3D and slab."""
+    JAX rows: energy, forces and virial, order-3 products (sparse coupling), order 4 (the
+    kernel's general product loop) and order 2 (a small basis: dense A2B), one and two
+    species, 3D and slab."""
     b = B.ACEBasis(elements, order, 6, 5.5)
-    assert b.model.a2b_sparse == (order == 3)
+    assert b.model.a2b_sparse == (order >= 3)
     assert b.native, "the compiled rows must build on the test machine"
     at = S.stacked(material, 2, 3, d=3.3, shifts=[[0, 0], [1.1, 0.3]], rattle=0.1, seed=3)
     if not pbc:
         at.pbc = [True, True, False]
     jax_rows = b.structure_rows(at, native=False)
     c_rows = b.structure_rows(at, native=True)
+    assert np.diff(b._plan["aa_off"]).max() == order        # products of `order` factors reached
     assert (c_rows[2] is None) == (not pbc) == (jax_rows[2] is None)
     for x, y in zip(jax_rows, c_rows):
         if x is None:
