@@ -368,6 +368,17 @@ struct Site {
 // Four doubles in one vector register (the GCC/clang vector extension; memcpy loads/stores).
 typedef double v4d __attribute__((vector_size(32)));
 
+// acc[m] += cf * x[4 m .. 4 m + 4) for m < N. Callers add every coupling pair, cf = 0
+// included: fma(0, x, acc) is acc for finite x (the outputs start at +0, never -0).
+template <int N>
+__attribute__((always_inline)) inline void add_scaled(v4d* acc, double cf, const double* x) {
+  for (int m = 0; m < N; ++m) {
+    v4d v;
+    std::memcpy(&v, x + 4 * m, 32);
+    acc[m] += cf * v;
+  }
+}
+
 // Sites [i0, i1) into the rows PsiE, PsiF, S (the whole structure's, or a thread's own).
 MULTIVERSION int rows_range(const Edges& g, const Plan& p, int kmax, int i0, int i1, double* PsiE, double* PsiF,
                             size_t ldf, double* S) {
@@ -430,15 +441,7 @@ MULTIVERSION int rows_range(const Edges& g, const Plan& p, int kmax, int i0, int
       double* a = (double*)acc;
       for (int c = 0; c < 3; ++c) a[c] = Fi[c][d];
       for (int k = 0; k < 9; ++k) a[3 + k] = S ? Sr[k][d] : 0.0;
-      for (int q = bstart[d]; q < bstart[d + 1]; ++q) {
-        const double cf = st.cf[q];
-        const double* g12 = &G[(size_t)p.u_a[q] * 12];
-        for (int m = 0; m < 3; ++m) {
-          v4d x;
-          std::memcpy(&x, g12 + 4 * m, 32);
-          acc[m] += cf * x;
-        }
-      }
+      for (int q = bstart[d]; q < bstart[d + 1]; ++q) add_scaled<3>(acc, st.cf[q], &G[(size_t)p.u_a[q] * 12]);
       for (int c = 0; c < 3; ++c) Fi[c][d] = a[c];
       if (S)
         for (int k = 0; k < 9; ++k) Sr[k][d] = a[3 + k];
@@ -462,16 +465,7 @@ MULTIVERSION int rows_range(const Edges& g, const Plan& p, int kmax, int i0, int
         v4d acc[NV];
         for (int m = 0; m < NV; ++m) acc[m] = v4d{0.0, 0.0, 0.0, 0.0};
         if (d < n_B) {
-          // no test for cf = 0: fma(0, x, acc) is acc for finite x, and acc is never -0
-          for (int q = bstart[d]; q < bstart[d + 1]; ++q) {
-            const double cf = st.cf[q];
-            const double* dc = &dAc[uoff[q]];
-            for (int m = 0; m < NV; ++m) {
-              v4d x;
-              std::memcpy(&x, dc + 4 * m, 32);
-              acc[m] += cf * x;
-            }
-          }
+          for (int q = bstart[d]; q < bstart[d + 1]; ++q) add_scaled<NV>(acc, st.cf[q], &dAc[uoff[q]]);
         } else {
           double t[CX] = {0.0};
           for (int s = 0; s < ne; ++s) {
