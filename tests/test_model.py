@@ -272,6 +272,16 @@ def test_unknown_element_is_a_clear_error(fitted):
     hbn = S.stacked("hbn", 1, 3)
     with pytest.raises(ModelError, match="B"):
         fitted.predict([hbn])
+    # a calculator reused on other atoms names those (it keeps the formula while the numbers stay)
+    from moire_al.models.calculator import ACEModelCalculator
+
+    calc = ACEModelCalculator(fitted, committee=False, evaluator="kernel")
+    gr = S.stacked("graphene", 1, 3)
+    gr.calc = calc
+    gr.get_potential_energy()
+    hbn.calc = calc
+    with pytest.raises(ModelError, match=f"structure {hbn.get_chemical_formula()}: element"):
+        hbn.get_potential_energy()
 
 
 def test_calculator_in_ase_optimizer(fitted):
