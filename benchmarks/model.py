@@ -24,6 +24,7 @@ Usage: .venv/bin/python benchmarks/model.py [--quick] [--fit-atoms 10000] [--sha
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -167,8 +168,6 @@ def shard_speedup(data, params):
 def _fit_child(data, deg, path, q):
     from moire_al.models import ACEModel
 
-    import hashlib
-
     m = ACEModel(order=3, totaldegree=deg, d3=False)
     m.fit_plan(data)
     t = time.perf_counter()
@@ -190,16 +189,22 @@ def _fit_child(data, deg, path, q):
     q.put((t_neq, t_solve, digest, hwm / 1024))
 
 
-def fit_in_child(data, deg, path):
-    """(rows + updates s, solve s, hash of the normal equations, peak MB) of a fit of ``data``
-    at order 3 / ``deg`` by ``path`` ("new" or "today") in a fresh spawned process."""
+def in_child(target, *args):
+    """What ``target(*args, q)`` puts on its queue, run in a fresh spawned process (JAX is
+    multithreaded: no fork)."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_fit_child, args=(data, deg, path, q))
+    p = ctx.Process(target=target, args=(*args, q))
     p.start()
     got = q.get()
     p.join()
     return got
+
+
+def fit_in_child(data, deg, path):
+    """(rows + updates s, solve s, hash of the normal equations, peak MB) of a fit of ``data``
+    at order 3 / ``deg`` by ``path`` ("new" or "today") in a fresh spawned process."""
+    return in_child(_fit_child, data, deg, path)
 
 
 def _start_child(params, plan, q):
@@ -212,13 +217,7 @@ def _start_child(params, plan, q):
 
 def worker_start_s(params, plan) -> float:
     """Seconds a spawned shard worker spends importing the model (JAX) and building the basis."""
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_start_child, args=(params, plan, q))
-    p.start()
-    dt = q.get()
-    p.join()
-    return dt
+    return in_child(_start_child, params, plan)
 
 
 def main(argv=None) -> int:
