@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import multiprocessing as mp
 import os
 import sys
 import time
@@ -94,16 +93,6 @@ def _lammps_native(steps, queue):
                "ns_per_day": steps * 1e-6 / wall * 86400})
 
 
-def _in_process(target, *args):
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=target, args=(*args, q))
-    p.start()
-    row = q.get()
-    p.join()
-    return row
-
-
 def default_model(out: str) -> str:
     path = os.path.join(out, "model")
     if not os.path.exists(os.path.join(path, "model.json")):
@@ -125,8 +114,8 @@ def main(argv=None) -> int:
     model = args.model or default_model(args.out)
     print(f"# MD benchmark: 1,008-atom AB bilayer graphene, {T_K:g} K Langevin, 1 fs, {args.steps} steps, "
           f"one core each; model {model}", flush=True)
-    rows = [_in_process(_driver, model, args.steps), _in_process(_driver, "reference", args.steps),
-            _in_process(_lammps_native, args.steps)]
+    rows = [scaffold.in_child(_driver, model, args.steps), scaffold.in_child(_driver, "reference", args.steps),
+            scaffold.in_child(_lammps_native, args.steps)]
     print(f"{'how':52s} {'ms/step':>8s} {'ns/day':>7s} {'E+F ms':>7s}")
     for r in rows:
         label = r["calc"] + (" (moire-al MD driver)" if "ef_ms_per_call" in r else "")

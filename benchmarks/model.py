@@ -189,22 +189,10 @@ def _fit_child(data, deg, path, q):
     q.put((t_neq, t_solve, digest, hwm / 1024))
 
 
-def in_child(target, *args):
-    """What ``target(*args, q)`` puts on its queue, run in a fresh spawned process (JAX is
-    multithreaded: no fork)."""
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=target, args=(*args, q))
-    p.start()
-    got = q.get()
-    p.join()
-    return got
-
-
 def fit_in_child(data, deg, path):
     """(rows + updates s, solve s, hash of the normal equations, peak MB) of a fit of ``data``
     at order 3 / ``deg`` by ``path`` ("new" or "today") in a fresh spawned process."""
-    return in_child(_fit_child, data, deg, path)
+    return scaffold.in_child(_fit_child, data, deg, path)
 
 
 def _start_child(params, plan, q):
@@ -217,7 +205,7 @@ def _start_child(params, plan, q):
 
 def worker_start_s(params, plan) -> float:
     """Seconds a spawned shard worker spends importing the model (JAX) and building the basis."""
-    return in_child(_start_child, params, plan)
+    return scaffold.in_child(_start_child, params, plan)
 
 
 def main(argv=None) -> int:

@@ -1,9 +1,11 @@
 """The tests' small structure builders (tests/samples.py, tests/synthetic.py) for the
-benchmark scripts, which run as ``python benchmarks/NAME.py`` from the checkout."""
+benchmark scripts, which run as ``python benchmarks/NAME.py`` from the checkout, and their
+one way of running a measurement in a fresh process."""
 
 from __future__ import annotations
 
 import importlib
+import multiprocessing as mp
 import sys
 from pathlib import Path
 
@@ -22,3 +24,15 @@ def synthetic():
 
 def samples():
     return _load("samples")
+
+
+def in_child(target, *args):
+    """What ``target(*args, q)`` puts on its queue, run in a fresh spawned process (JAX is
+    multithreaded: no fork; a fresh process carries no state of earlier measurements)."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=target, args=(*args, q))
+    p.start()
+    got = q.get()
+    p.join()
+    return got
