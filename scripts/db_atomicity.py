@@ -5,7 +5,9 @@ returning the document *before* the update. Three processes each take 400 ids th
 from a fresh local server (``moire-al db start``'s program, in a temporary directory), and
 the same with the document after the update. Prints one line per form and exits 1 when an
 id was handed out twice (SecantusDB 0.7.0b3 does: docs/architecture.md). A mongod should
-pass, since it documents findAndModify as atomic; this was not checked here.
+pass, since it documents findAndModify as atomic; this was not checked here. The script
+tests the server with plain pymongo; moire-al's FireWorks ids take the exact *after* form
+(``moire_al/workflows/ids.py``).
 
 Usage: .venv/bin/python scripts/db_atomicity.py [--clients 3] [--ids 400]
 """
