@@ -492,6 +492,56 @@ MULTIVERSION int rows_range(const Edges& g, const Plan& p, int kmax, int i0, int
   return 0;
 }
 
+// Columns [k0, k0 + 4 NV) of M[a] = sum over a's coupling pairs q (in order, from +0) of
+// cf[q] C_z[u_b[q]], in NV vector registers. Every pair is added, cf = 0 included (see
+// add_scaled: the same values as skipping it).
+template <int NV>
+__attribute__((always_inline)) inline void m_block(double* Ma, const double* Cz, int rp, int k0, const double* cf,
+                                                   const int* u_b, const int* qs, int nq) {
+  v4d acc[NV];
+  for (int m = 0; m < NV; ++m) acc[m] = v4d{0.0, 0.0, 0.0, 0.0};
+  for (int t = 0; t < nq; ++t) add_scaled<NV>(acc, cf[qs[t]], Cz + (size_t)u_b[qs[t]] * rp + k0);
+  std::memcpy(Ma + k0, acc, 32 * NV);
+}
+
+// Rows [x0, x0 + XB) of T = dA^T M (T, M: rp columns, rp a multiple of 8), each entry
+// summed over a in order from +0 in registers: the same operations as adding row a of M
+// into T for a = 0, 1, ... (the outer-product form, whose load and store of T per a were
+// 3/4 of the committee kernel's time; XB x 2 accumulators, 2 loads of M and XB of dA per a).
+// Then the pair functions' terms, in q order: row x = 3 s + c takes dRp_s[q] u_s,c times
+// C's pair row q (Cq: rp columns each), as it did after the A terms before.
+template <int XB>
+__attribute__((always_inline)) inline void t_block(const double* dA, int w, int n_A, const double* M, int rp, int x0,
+                                                   int n_pair, const double* dRp, const double* u, const double* Cq,
+                                                   double* T) {
+  for (int k0 = 0; k0 < rp; k0 += 8) {
+    v4d acc[XB][2];
+    for (int b = 0; b < XB; ++b) acc[b][0] = acc[b][1] = v4d{0.0, 0.0, 0.0, 0.0};
+    for (int a = 0; a < n_A; ++a) {
+      v4d m0, m1;
+      std::memcpy(&m0, M + (size_t)a * rp + k0, 32);
+      std::memcpy(&m1, M + (size_t)a * rp + k0 + 4, 32);
+      const double* da = dA + (size_t)a * w + x0;
+      for (int b = 0; b < XB; ++b) {
+        acc[b][0] += da[b] * m0;
+        acc[b][1] += da[b] * m1;
+      }
+    }
+    for (int q = 0; q < n_pair; ++q) {
+      v4d c0, c1;
+      std::memcpy(&c0, Cq + (size_t)q * rp + k0, 32);
+      std::memcpy(&c1, Cq + (size_t)q * rp + k0 + 4, 32);
+      for (int b = 0; b < XB; ++b) {
+        const int x = x0 + b;
+        const double gc = dRp[(size_t)(x / 3) * n_pair + q] * u[x];
+        acc[b][0] += gc * c0;
+        acc[b][1] += gc * c1;
+      }
+    }
+    for (int b = 0; b < XB; ++b) std::memcpy(T + (size_t)(x0 + b) * rp + k0, acc[b], 64);
+  }
+}
+
 // Sites [i0, i1) contracted with r coefficient vectors C (L, r) without the rows: per site
 // M[a][k] = sum_b dB_b/dA_a C[b][k] (the sparse dB/dA once), the per-edge gradients
 // T[3 s + c][k] = sum_a dA_a/dv_s,c M[a][k] + pair terms, scattered into F (3n, r) (F of model
@@ -500,51 +550,45 @@ MULTIVERSION int committee_range(const Edges& g, const Plan& p, int kmax, int i0
                                  double* PsiE, double* F, double* Sv) {
   const int D = g.D, n_B = D - g.n_pair, n_pair = g.n_pair, n_A = p.n_A;
   Site st(g, p, kmax);
-  // M and T rows padded with zeros to rp = a multiple of 8 models: the inner loops over the
-  // models vectorise without a remainder (measured 1.3x over r = 33 unpadded and over
-  // register-blocked T)
+  // M and T rows padded with zeros to rp = a multiple of 8 models: the loops over the
+  // models vectorise without a remainder. M and T are summed in registers (m_block,
+  // t_block): 1.4x over the read-modify-write forms at L = 684, r = 33, bitwise equal
   const int rp = (r + 7) / 8 * 8;
   std::vector<double> M((size_t)n_A * rp), T(3 * (size_t)kmax * rp);
+  // the coupling pairs grouped by their a, in q order within a group (the order in which
+  // M[a] took its terms as one read-modify-write per pair), and C padded to rp columns:
+  // M[a] is then summed in registers (that load-store per pair and model was the kernel's
+  // largest part once T was blocked)
+  std::vector<int> aq(p.n_u), astart(n_A + 1, 0);
+  for (int q = 0; q < p.n_u; ++q) ++astart[p.u_a[q] + 1];
+  for (int a = 0; a < n_A; ++a) astart[a + 1] += astart[a];
+  {
+    std::vector<int> fill(astart.begin(), astart.end() - 1);
+    for (int q = 0; q < p.n_u; ++q) aq[fill[p.u_a[q]]++] = q;
+  }
+  std::vector<double> Cpad((size_t)g.L * rp, 0.0);
+  for (size_t b = 0; b < (size_t)g.L; ++b) std::copy(C + b * r, C + b * r + r, &Cpad[b * rp]);
   for (int i = i0; i < i1; ++i) {
     const int status = st.prepare(i, PsiE);
     if (status > 0) return status;
     if (status < 0) continue;
     const int s0 = st.s0, nl = st.nl, w = st.w;
     const double* u = st.u.data();
-    const double* Cz = C + (size_t)st.z * D * r;
-    std::fill(M.begin(), M.end(), 0.0);
-    for (int q = 0; q < p.n_u; ++q) {
-      const double cf = st.cf[q];
-      if (cf == 0.0) continue;
-      double* Ma = &M[(size_t)p.u_a[q] * rp];
-      const double* Cb = Cz + (size_t)p.u_b[q] * r;
-      for (int k = 0; k < r; ++k) Ma[k] += cf * Cb[k];
-    }
-    // T = dA^T M (w x r) in register blocks of XB rows x KB models accumulated over a
-    // (XB * KB independent sums; dA transposed to (w, n_A) so a block reads XB dA rows;
-    // M and T padded with zeros to rp = KB * ceil(r / KB) models, dAT to a multiple of XB rows)
-    // T = dA^T M (w x rp), as outer products: row a of M into the rows x of T
-    std::fill(T.begin(), T.begin() + (size_t)w * rp, 0.0);
+    const double* Cz = &Cpad[(size_t)st.z * D * rp];
     for (int a = 0; a < n_A; ++a) {
-      const double* da = &st.dA[(size_t)a * w];
-      const double* Ma = &M[(size_t)a * rp];
-      for (int x = 0; x < w; ++x) {
-        const double dx = da[x];
-        double* Tx = &T[(size_t)x * rp];
-        for (int k = 0; k < rp; ++k) Tx[k] += dx * Ma[k];
-      }
+      double* Ma = &M[(size_t)a * rp];
+      int k0 = 0;
+      for (; k0 + 16 <= rp; k0 += 16) m_block<4>(Ma, Cz, rp, k0, st.cf.data(), p.u_b, &aq[astart[a]], astart[a + 1] - astart[a]);
+      if (k0 < rp) m_block<2>(Ma, Cz, rp, k0, st.cf.data(), p.u_b, &aq[astart[a]], astart[a + 1] - astart[a]);
     }
+    // T = dA^T M + pair terms (w x rp) in register blocks of 6 (or 3) rows x 8 models (w = 3 nl)
+    const double* dRp = g.dRp + (size_t)s0 * n_pair;
+    const double* Cq = Cz + (size_t)n_B * rp;
+    int x0 = 0;
+    for (; x0 + 6 <= w; x0 += 6) t_block<6>(st.dA.data(), w, n_A, M.data(), rp, x0, n_pair, dRp, u, Cq, T.data());
+    for (; x0 < w; x0 += 3) t_block<3>(st.dA.data(), w, n_A, M.data(), rp, x0, n_pair, dRp, u, Cq, T.data());
     for (int s = 0; s < nl; ++s) {
       const size_t e = s0 + s;
-      for (int q = 0; q < n_pair; ++q) {
-        const double gr = g.dRp[e * n_pair + q];
-        const double* Cp = Cz + (size_t)(n_B + q) * r;
-        for (int c = 0; c < 3; ++c) {
-          const double gc = gr * u[3 * s + c];
-          double* Tx = &T[(size_t)(3 * s + c) * rp];
-          for (int k = 0; k < r; ++k) Tx[k] += gc * Cp[k];
-        }
-      }
       const int j = g.nbr[e];
       const double* vs = g.v + 3 * e;
       for (int c = 0; c < 3; ++c) {
