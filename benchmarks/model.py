@@ -352,24 +352,30 @@ def main(argv=None) -> int:
               f"{1e6 * t_syrk_old:.1f} scipy wrapper (~3.1 rows/atom)")
         del b
     fit_s, peak = {}, {}
+    # the solve's eigh, measured at L = 1,408 on a random symmetric matrix and scaled as L³
+    # (the old constant, 2 s at L = 1k, put 339 s at L = 5.5k, where fits measured 16-27 s)
+    Ls = per_atom["L1.5k"][0] + 2
+    Gs = np.random.default_rng(1).normal(size=(Ls, Ls))
+    Gs += Gs.T
+    t_eigh = timeit(lambda G=Gs: np.linalg.eigh(G), 1)
     for label, (L, t_row, t_syrk, rss, t_today, t_syrk_old) in per_atom.items():
         fit_s[label], peak[label] = {}, {}
         for size, nat in (("10k", 10_000), ("50k", 50_000), ("seed_150k", 150_000)):
-            solve = 2.0 * (L / 1000) ** 3                       # eigh, ~2 s at L = 1k
-            # rows and updates overlap in the pipeline: the slower of the two (shared cores:
-            # the sum is the pessimistic bound, both printed)
-            est = nat * max(t_row, 3.1 * t_syrk) + solve
-            est_sum = nat * (t_row + 3.1 * t_syrk) + solve
+            solve = t_eigh * ((L + 2) / Ls) ** 3
+            # a block's rows, then its dsyrk, in turn (each on all the cores): the sum;
+            # "serial_bound" kept for the JSON's readers, now the same figure
+            est = nat * (t_row + 3.1 * t_syrk) + solve
+            est_sum = est
             est_today = nat * (t_today + 3.1 * t_syrk_old) + solve
             fit_s[label][size] = {"value": round(est, 1), "extrapolated": True, "serial_bound": round(est_sum, 1),
                                   "todays_path": round(est_today, 1)}
             # the process's peak through the rows of this basis + A, A_lo, a block product,
-            # the solve's ~3 L², four blocks of rows (two queued, one in the update, one built)
-            mb = rss + 8 * (6 * L * L + 4 * 4096 * L) / 2 ** 20
+            # the solve's ~3 L², one block of rows
+            mb = rss + 8 * (6 * L * L + 4096 * L) / 2 ** 20
             peak[label][size] = {"value": round(mb), "extrapolated": True}
         f = fit_s[label]["seed_150k"]
-        print(f"  {label} (L={L}): seed fit (150k atoms) extrapolated {f['value']:.0f} s overlapped, "
-              f"{f['serial_bound']:.0f} s if rows and updates do not overlap; today's path {f['todays_path']:.0f} s; "
+        print(f"  {label} (L={L}): seed fit (150k atoms) extrapolated {f['value']:.0f} s (rows, then dsyrk, "
+              f"per block; eigh {solve:.0f} s from {t_eigh:.1f} s at L={Ls}); today's path {f['todays_path']:.0f} s; "
               f"peak ≈ {peak[label]['seed_150k']['value']:.0f} MB")
     if args.fit_atoms:
         data, nat = [], 0

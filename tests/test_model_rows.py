@@ -107,9 +107,9 @@ def test_threaded_rows_and_committee_kernel_equal_the_serial_rows(elements, mate
 
 
 def test_pipelined_normal_equations_equal_the_serial_loop():
-    """The fit's normal equations on 2 threads (rows of several structures at once beside the
-    previous block's dsyrk, called without the GIL) equal one thread's bit for bit, and the
-    GIL-free dsyrk equals scipy's wrapper bit for bit."""
+    """The fit's normal equations on 2 threads (rows of several structures at once, the largest
+    first) equal one thread's bit for bit, and the GIL-free dsyrk equals scipy's wrapper bit
+    for bit."""
     from scipy.linalg.blas import dsyrk
 
     from moire_al.labelling.reference import reference_calculator

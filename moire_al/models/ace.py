@@ -38,8 +38,7 @@ FORMAT_VERSION = 1
 #: ε of the relative force uncertainty, eV/Å
 FORCE_EPS = 0.2
 DEFAULT_WEIGHTS = {"E": 30.0, "F": 1.0, "V": 1.0}
-#: Design rows per block of the normal equations (one dsyrk each; ~L x 4096 doubles of memory,
-#: up to four blocks in flight: the next block is queued while one is built and one updated)
+#: Design rows per block of the normal equations (one dsyrk each; ~L x 4096 doubles of memory)
 BLOCK_ROWS = 4096
 
 
@@ -333,14 +332,16 @@ class ACEModel:
         :meth:`set_plan`): weighted design rows of energy (per atom), forces and virial (per
         atom), accumulated per block (``blocks``, default :meth:`fit_blocks`) by a symmetric
         rank-k update (BLAS dsyrk on the upper triangle) and added to the totals with an
-        error-free summation. Memory: O(L²) + two blocks' rows.
+        error-free summation. Memory: O(L²) + one block's rows.
 
-        The work is pipelined over the basis' threads (:attr:`ACEBasis.threads`): the rows
-        of a block's structures are computed concurrently, one structure per thread (each
-        with the single-threaded kernel, so its rows are those of a serial fit bit for bit),
-        written and weighted in place in the block's array, while the previous block's dsyrk
-        runs without the GIL in the other; the blocks' products and their summation order
-        are the serial fit's, so the result equals it exactly."""
+        The rows of a block's structures are computed concurrently on the basis' threads
+        (:attr:`ACEBasis.threads`), one structure per thread, the largest first (each with
+        the single-threaded kernel, so its rows are those of a serial fit bit for bit), written
+        and weighted in place in the block's array; then the block's dsyrk runs on BLAS' threads.
+        The two take turns: run side by side they would share the same cores, and four busy
+        threads on two cores took 1.1x as long as the phases in turn (docs/benchmarks.md). The
+        blocks' products and their summation order are the serial fit's, so the result equals
+        it exactly."""
         from concurrent.futures import ThreadPoolExecutor
 
         from .blr import NormalEquations, syrk_upper
@@ -382,10 +383,6 @@ class ACEModel:
             lay["rows"] = lay["nE"] + 3 * n + lay["nV"]
             return lay, y, lw
 
-        def add(prev):                        # a block's finished dsyrk into the totals
-            fut, Pw, yw, lw2 = prev
-            neq.add_block(fut.result(), Pw.T @ yw, float(yw @ yw), lw2)
-
         def fill(lay, R):
             """Structure ``lay``'s weighted rows into R (its rows of the block), with the
             roundings of the per-structure arrays they replace: value * w first, then the
@@ -407,49 +404,38 @@ class ACEModel:
                 np.divide(V, n, out=V)
 
         nthreads = max(1, b.threads)
-        # one product buffer: a block's dsyrk starts after the previous product was added
+        # one product buffer and one row buffer (at most 1 + 3n + 6 rows per structure, as in
+        # fit_blocks), reused by every block: fresh ones cost their page faults
         AtA = np.zeros((P, P), order="F")
-        # two row buffers, alternating: a block's rows are built in one while the previous
-        # block's dsyrk reads the other (at most 1 + 3n + 6 rows per structure, as in fit_blocks)
         cap = max((sum(7 + 3 * len(atoms_list[k]) for k in range(*blk)) for blk in blocks), default=0)
-        bufs = [np.empty((cap, P)) if i < len(blocks) else None for i in range(2)]
-        with ThreadPoolExecutor(max_workers=nthreads) as pool, ThreadPoolExecutor(max_workers=1) as blas:
-
-            def submit(bi):                   # block bi's layout, then its rows on the pool
+        buf = np.empty((cap, P)) if blocks else None
+        with ThreadPoolExecutor(max_workers=nthreads) as pool:
+            for blk in blocks:
                 lays, ys, lws, r0 = [], [], [], 0
-                for k in range(*blocks[bi]):
+                for k in range(*blk):
                     lay, y, lw = layout(k)
                     lay["r0"] = r0
                     r0 += lay["rows"]
                     lays.append(lay)
                     ys += y
                     lws.append(lw)
-                Pw = bufs[bi % 2][:r0]
-                futs = [pool.submit(fill, lay, Pw[lay["r0"]:lay["r0"] + lay["rows"]]) for lay in lays]
-                return lays, Pw, np.concatenate(ys), float(np.sum(lws)), futs
-
-            prev, nxt = None, submit(0) if blocks else None
-            for bi in range(len(blocks)):
-                lays, Pw, yw, lw2, futs = nxt
-                for f in futs:
+                Pw = buf[:r0]
+                # the largest structures first: the block's last row fills then end together
+                order = sorted(lays, key=lambda lay: -lay["rows"])
+                for f in [pool.submit(fill, lay, Pw[lay["r0"]:lay["r0"] + lay["rows"]]) for lay in order]:
                     f.result()
                 for lay in lays:
                     n_atoms += lay["n"]
                     counts["E"] += lay["nE"]
                     counts["F"] += 3 * lay["n"]
                     counts["V"] += lay["nV"]
+                yw = np.concatenate(ys)
                 n_obs += len(yw)
                 if verbose:
-                    log.info("rows %d/%d", blocks[bi][1], len(atoms_list))
-                if prev is not None:          # the previous block's dsyrk ran beside these rows
-                    add(prev)
+                    log.info("rows %d/%d", blk[1], len(atoms_list))
                 # upper triangle of PwᵀPw (lower left 0), as (Pwᵀ)(Pwᵀ)ᵀ: Pwᵀ is Fortran-ordered,
                 # so BLAS takes it without a transposed copy (1.4-1.7x)
-                prev = (blas.submit(syrk_upper, Pw, AtA), Pw, yw, lw2)
-                # the next block's rows into the other buffer, whose dsyrk was just added
-                nxt = submit(bi + 1) if bi + 1 < len(blocks) else None
-            if prev is not None:
-                add(prev)
+                neq.add_block(syrk_upper(Pw, AtA), Pw.T @ yw, float(yw @ yw), float(np.sum(lws)))
         neq.n_obs, neq.counts, neq.n_structures, neq.n_atoms = n_obs, counts, len(atoms_list), n_atoms
         neq.time_rows_s = time.perf_counter() - t_rows
         return neq
