@@ -339,7 +339,7 @@ class ACEModel:
         the single-threaded kernel, so its rows are those of a serial fit bit for bit), written
         and weighted in place in the block's array; then the block's dsyrk runs on BLAS' threads.
         The two take turns: run side by side they would share the same cores, and four busy
-        threads on two cores took 1.1x as long as the phases in turn (docs/benchmarks.md). The
+        threads on two cores took 1.03-1.1x as long as the phases in turn (docs/benchmarks.md). The
         blocks' products and their summation order are the serial fit's, so the result equals
         it exactly."""
         from concurrent.futures import ThreadPoolExecutor
@@ -420,7 +420,7 @@ class ACEModel:
                     ys += y
                     lws.append(lw)
                 Pw = buf[:r0]
-                # the largest structures first: the block's last row fills then end together
+                # the largest structures first, so that the threads finish the block at about the same time
                 order = sorted(lays, key=lambda lay: -lay["rows"])
                 for f in [pool.submit(fill, lay, Pw[lay["r0"]:lay["r0"] + lay["rows"]]) for lay in order]:
                     f.result()
