@@ -153,6 +153,19 @@ def test_compiled_compensated_sum_equals_numpy_and_the_fit_uses_it(monkeypatch):
         np.testing.assert_array_equal(h2, s)
         np.testing.assert_array_equal(l2, lo + e)
         assert np.any(e != 0)                     # the test would see a lost error term
+    # upper=True (a syrk_upper product: zero strictly lower triangle) passes over the upper
+    # triangle only, with the full pass' numbers everywhere; 400 x 400 takes the threaded split
+    for n in (7, 400):
+        hi = np.asfortranarray(rng.normal(size=(n, n)) * 1e9)
+        lo = np.asfortranarray(rng.normal(size=(n, n)) * 1e-8)
+        x = np.asfortranarray(np.triu(rng.normal(size=(n, n))))
+        full = hi.copy(order="F"), lo.copy(order="F")
+        blr.two_sum_add(*full, x)
+        up = hi.copy(order="F"), lo.copy(order="F")
+        blr.two_sum_add(*up, x, upper=True)
+        for a, b in zip(full, up):
+            np.testing.assert_array_equal(a, b)
+        assert np.any(full[1] != lo)
     data = S.label(S.random_set("hbn", 6, seed=7, n=2, layers=(1, 2), rattle=(0.02, 0.08)),
                    reference_calculator("hbn"), skip_failures=True)
     m = ACEModel(order=2, totaldegree=6, d3=False, committee_size=2)
@@ -160,9 +173,9 @@ def test_compiled_compensated_sum_equals_numpy_and_the_fit_uses_it(monkeypatch):
     fast = m.normal_equations(data, block_rows=100)
     assert fast.A.flags.f_contiguous
     calls = []
-    monkeypatch.setattr(blr, "_two_sum_kernel", lambda: calls.append(1))     # returns None: numpy
+    monkeypatch.setattr(blr, "_two_sum_kernel", lambda upper=False: calls.append(upper))   # None: numpy
     slow = m.normal_equations(data, block_rows=100)
-    assert calls
+    assert calls and all(calls)       # each a block's A (b is below the kernel's size): its upper triangle
     for x, y in ((fast.A, slow.A), (fast.A_lo, slow.A_lo), (fast.b, slow.b), (fast.b_lo, slow.b_lo)):
         np.testing.assert_array_equal(x, y)
 

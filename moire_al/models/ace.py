@@ -435,7 +435,7 @@ class ACEModel:
                     log.info("rows %d/%d", blk[1], len(atoms_list))
                 # upper triangle of PwᵀPw (lower left 0), as (Pwᵀ)(Pwᵀ)ᵀ: Pwᵀ is Fortran-ordered,
                 # so BLAS takes it without a transposed copy (1.4-1.7x)
-                neq.add_block(syrk_upper(Pw, AtA), Pw.T @ yw, float(yw @ yw), float(np.sum(lws)))
+                neq.add_block(syrk_upper(Pw, AtA), Pw.T @ yw, float(yw @ yw), float(np.sum(lws)), upper=True)
         neq.n_obs, neq.counts, neq.n_structures, neq.n_atoms = n_obs, counts, len(atoms_list), n_atoms
         neq.time_rows_s = time.perf_counter() - t_rows
         return neq

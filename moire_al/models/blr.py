@@ -100,15 +100,19 @@ def _two_sum(a, b):
 _TWO_SUM: list = []
 
 
-def two_sum_add(hi: np.ndarray, lo: np.ndarray, x: np.ndarray) -> None:
+def two_sum_add(hi: np.ndarray, lo: np.ndarray, x: np.ndarray, upper: bool = False) -> None:
     """In place: hi, lo ← TwoSum(hi, x) with the error added to lo (see :func:`_two_sum`).
     The compiled kernel (``csrc/blr.cpp``: one pass without the GIL, the same operations,
-    bitwise equal) where the arrays allow it, else numpy."""
+    bitwise equal) where the arrays allow it, else numpy. ``upper``: x is square with a zero
+    strictly lower triangle (a :func:`syrk_upper` product), so the kernel passes over the
+    upper triangle only (the same numbers: TwoSum(h, 0) = (h, 0)) and reads and writes half
+    the memory: 0.034-0.054 -> 0.022-0.031 s per block at L = 5.5k (measured, 2 threads)."""
     x = np.asarray(x, float)
     fast = (hi.dtype == lo.dtype == x.dtype == np.float64 and hi.shape == lo.shape == x.shape
             and all(a.flags.c_contiguous or a.flags.f_contiguous for a in (hi, lo, x))
             and len({a.flags.c_contiguous for a in (hi, lo, x)}) == 1 and hi.size >= 4096)
-    fn = _two_sum_kernel() if fast else None
+    upper = upper and fast and x.ndim == 2 and x.shape[0] == x.shape[1] and x.flags.f_contiguous
+    fn = _two_sum_kernel(upper) if fast else None
     if fn is None:
         s, e = _two_sum(hi, x)
         hi[...] = s
@@ -118,24 +122,29 @@ def two_sum_add(hi: np.ndarray, lo: np.ndarray, x: np.ndarray) -> None:
 
     from moire_al.models.native import dptr, kernel_threads
 
-    fn(dptr(hi), dptr(lo), dptr(x), ctypes.c_long(hi.size), ctypes.c_int(kernel_threads()))
+    n = x.shape[0] if upper else hi.size
+    fn(dptr(hi), dptr(lo), dptr(x), ctypes.c_long(n), ctypes.c_int(kernel_threads()))
 
 
-def _two_sum_kernel():
+def _two_sum_kernel(upper: bool = False):
+    """The compiled TwoSum pass (``upper``: over the upper triangle of a square Fortran-ordered
+    array), or None without a compiler."""
     if not _TWO_SUM:
-        fn = None
+        fns = (None, None)
         try:
             import ctypes
 
             from moire_al.models.native import load
 
-            fn = load("blr").two_sum_add
-            fn.restype = None
-            fn.argtypes = [ctypes.POINTER(ctypes.c_double)] * 3 + [ctypes.c_long, ctypes.c_int]
+            lib = load("blr")
+            fns = (lib.two_sum_add, lib.two_sum_add_upper)
+            for fn in fns:
+                fn.restype = None
+                fn.argtypes = [ctypes.POINTER(ctypes.c_double)] * 3 + [ctypes.c_long, ctypes.c_int]
         except (OSError, ModelError):   # no compiler: numpy serves (same numbers)
-            fn = None
-        _TWO_SUM.append(fn)
-    return _TWO_SUM[0]
+            fns = (None, None)
+        _TWO_SUM.append(fns)
+    return _TWO_SUM[0][int(bool(upper))]
 
 
 @dataclass(eq=False)
@@ -176,9 +185,10 @@ class NormalEquations:
         # Fortran order, like the blocks of syrk_upper: the compiled summation then runs
         return cls(np.zeros((P, P), order="F"), np.zeros(P), 0.0, 0)
 
-    def add_block(self, AtA, Atb, yWy: float, log_w2: float = 0.0) -> None:
-        """Add one block's products in place (compensated)."""
-        two_sum_add(self.A, self.A_lo, AtA)
+    def add_block(self, AtA, Atb, yWy: float, log_w2: float = 0.0, upper: bool = False) -> None:
+        """Add one block's products in place (compensated). ``upper``: AtA's strictly lower
+        triangle is zero (:func:`syrk_upper`'s), so only its upper triangle is added."""
+        two_sum_add(self.A, self.A_lo, AtA, upper=upper)
         two_sum_add(self.b, self.b_lo, Atb)
         self.yWy, e = _two_sum(self.yWy, float(yWy))
         self.yWy_lo += e
