@@ -120,7 +120,7 @@ class todays_path:
         self._saved = (B._Graph.reverse_edges, blr.syrk_upper, blr._two_sum_kernel)
         B._Graph.reverse_edges = lambda g: None
         blr.syrk_upper = lambda Pw, out=None: dsyrk(1.0, Pw.T, trans=0, lower=0)
-        blr._two_sum_kernel = lambda: None          # numpy's compensated block sum
+        blr._two_sum_kernel = lambda upper=False: None      # numpy's compensated block sum
         for b in self.bases:
             b.threads_, b.score_by_rows = 1, True
         return self
@@ -197,13 +197,33 @@ def _fit_child(data, deg, path, q):
     # VmHWM: this process' own peak (ru_maxrss would carry the parent's over the exec)
     with open("/proc/self/status") as fh:
         hwm = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
-    q.put((t_neq, t_solve, digest, hwm / 1024))
+    del neq
+    # the same path on the first block alone, after the fit: what a fit pays once whatever
+    # its size (first touch of A, its compensation, the product and the row buffer: ~1 GB at
+    # L = 5.5k, 1-2 s here) plus one block. Measured warm, so it if anything underestimates
+    # the fixed part, and the per-atom slope taken from it is high, not low.
+    first = data[:m.fit_blocks(data)[0][1]]
+    t = time.perf_counter()
+    if path == "new":
+        m.normal_equations(first)
+    else:
+        with todays_path(m.basis_):
+            m.normal_equations(first)
+    t_first = time.perf_counter() - t
+    q.put((t_neq, t_solve, digest, hwm / 1024, t_first, sum(len(a) for a in first)))
 
 
 def fit_in_child(data, deg, path):
-    """(rows + updates s, solve s, hash of the normal equations, peak MB) of a fit of ``data``
-    at order 3 / ``deg`` by ``path`` ("new" or "today") in a fresh spawned process."""
+    """(rows + updates s, solve s, hash of the normal equations, peak MB, the first block's
+    rows + updates s, its atoms) of a fit of ``data`` at order 3 / ``deg`` by ``path`` ("new"
+    or "today") in a fresh spawned process."""
     return scaffold.in_child(_fit_child, data, deg, path)
+
+
+def per_atom_and_fixed(t_all, n_all, t_first, n_first):
+    """(s per atom, s once) of a fit's rows + updates, from the whole fit and its first block."""
+    slope = (t_all - t_first) / max(n_all - n_first, 1)
+    return slope, max(t_all - slope * n_all, 0.0)
 
 
 def _start_child(params, plan, q):
@@ -389,21 +409,31 @@ def main(argv=None) -> int:
                 continue                        # L5k at 50k atoms: extrapolated
             # each fit in a fresh process, as `moire-al fit` runs: in this one, after the
             # sections above, the same fit took 1.35x longer (28 against 20.4 s at L = 5.5k)
-            (tn, ts, hn, mb), (to, _, ho, _) = (fit_in_child(data, deg, path) for path in ("new", "today"))
+            (tn, ts, hn, mb, tn1, n1), (to, _, ho, _, to1, _) = (fit_in_child(data, deg, path)
+                                                                  for path in ("new", "today"))
             same = hn == ho
+            (sn, fn), (so, fo) = per_atom_and_fixed(tn, nat, tn1, n1), per_atom_and_fixed(to, nat, to1, n1)
             fit_s[label][key] = {"value": round(tn + ts, 1), "extrapolated": False, "atoms": nat,
                                  "rows_updates_s": round(tn, 1), "solve_s": round(ts, 1),
+                                 "first_block_s": round(tn1, 2), "first_block_atoms": n1,
+                                 "per_atom_ms": round(1e3 * sn, 3), "once_s": round(fn, 1),
                                  "todays_rows_updates_s": round(to, 1), "equal_to_todays_bitwise": same}
             peak[label][key] = {"value": round(mb), "extrapolated": False, "note": "the fit's own process"}
             print(f"  measured, {nat} hBN atoms at L={per_atom[label][0]}: rows + updates new {tn:.0f} s, today's "
                   f"{to:.0f} s ({to / tn:.2f}x); solve {ts:.0f} s; normal equations (so the coefficients) "
                   f"{'bitwise equal' if same else 'DIFFER'}; peak RSS {mb:.0f} MB (the fit's process)")
+            print(f"    its first block alone ({n1} atoms) {tn1:.1f} s: {1e3 * sn:.2f} ms/atom + {fn:.1f} s once "
+                  f"(today's {1e3 * so:.2f} ms/atom + {fo:.1f} s)")
             for size, n_at in (("50k", 50_000), ("seed_150k", 150_000)):
                 if not fit_s[label][size].get("extrapolated", True):
                     continue
-                # linear in atoms but the solve (constant in the atoms)
-                fit_s[label][size] = {"value": round(tn * n_at / nat + ts, 1), "extrapolated": True,
-                                      "from": f"measured {key}", "todays_path": round(to * n_at / nat + ts, 1)}
+                # per atom plus once (first touch of the sums and buffers), plus the solve
+                # (constant in the atoms); scaling the whole measured time by the atoms would
+                # count the once-only part n_at / nat times
+                fit_s[label][size] = {"value": round(fn + sn * n_at + ts, 1), "extrapolated": True,
+                                      "from": f"measured {key}: per atom + once + solve",
+                                      "proportional_s": round(tn * n_at / nat + ts, 1),
+                                      "todays_path": round(fo + so * n_at + ts, 1)}
             print(f"  {label}: extrapolated from the measured fit: 50k {fit_s[label]['50k']['value']:.0f} s, "
                   f"150k {fit_s[label]['seed_150k']['value']:.0f} s (today's "
                   f"{fit_s[label]['seed_150k']['todays_path']:.0f} s)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import multiprocessing as mp
+import queue
 import sys
 from pathlib import Path
 
@@ -33,6 +34,12 @@ def in_child(target, *args):
     q = ctx.Queue()
     p = ctx.Process(target=target, args=(*args, q))
     p.start()
-    got = q.get()
+    while True:                 # a child that dies without an answer ends the wait (q.get would hang)
+        try:
+            got = q.get(timeout=1.0)
+            break
+        except queue.Empty:
+            if not p.is_alive():
+                raise RuntimeError(f"{target.__name__} died in its child process (exit code {p.exitcode})")
     p.join()
     return got
