@@ -161,6 +161,22 @@ def test_concurrent_clients_get_distinct_ids(launchpad):
     assert (counters["next_launch_id"], counters["next_fw_id"]) == (k * n + 1, 3 * k * n + 1)
 
 
+def test_ids_without_a_counter_document_leave_the_error_to_fireworks(launchpad):
+    """The installed id methods count from the post-image (the counters advance), and on a
+    database with no counter document (never reset) FireWorks' own methods raise its own
+    ValueError, words included."""
+    import moire_al.workflows  # noqa: F401  (installs them)
+    from moire_al.workflows import ids
+
+    assert type(launchpad).get_new_fw_id is ids._get_new_fw_id
+    assert (launchpad.get_new_fw_id(quantity=2), launchpad.get_new_fw_id(), launchpad.get_new_launch_id()) == (1, 3, 1)
+    launchpad.fw_id_assigner.delete_many({})
+    with pytest.raises(ValueError, match="Could not get next FW id"):
+        launchpad.get_new_fw_id()
+    with pytest.raises(ValueError, match="Could not get next launch id"):
+        launchpad.get_new_launch_id()
+
+
 def test_two_concurrent_rlaunch_run_each_firework_once(launchpad, launchpad_file, tmp_path, bin_dir):
     """Two stock ``rlaunch`` workers on moire-al Firetasks: each Firework runs once, with
     a launch document of its own. With FireWorks' pre-image ids the local server gave two

@@ -19,33 +19,34 @@ from __future__ import annotations
 
 from pymongo import ReturnDocument
 
-_MESSAGES = {
-    "next_fw_id": "Could not get next FW id! If you have not yet initialized the database, "
-                  "please do so by performing a database reset (e.g., lpad reset)",
-    "next_launch_id": "Could not get next launch id! If you have not yet initialized the "
-                      "database, please do so by performing a database reset (e.g., lpad reset)",
-}
+#: FireWorks' own methods, kept by :func:`install` for the case they already handle: no
+#: counter document (a database never reset), where they raise FireWorks' own ValueError.
+_FIREWORKS: dict = {}
 
 
-def take(counters, key: str, quantity: int = 1) -> int:
-    """The first of ``quantity`` new ids of counter ``key`` in the collection ``counters``."""
+def take(counters, key: str, quantity: int = 1) -> int | None:
+    """The first of ``quantity`` new ids of counter ``key`` in the collection ``counters``,
+    or None if it holds no counter document. (``$inc`` creates a missing field, so a
+    document after the update always holds ``key``.)"""
     doc = counters.find_one_and_update({}, {"$inc": {key: quantity}}, return_document=ReturnDocument.AFTER)
-    if doc is None or key not in doc:
-        raise ValueError(_MESSAGES.get(key, f"no counter {key!r}"))  # FireWorks' own error and words
-    return doc[key] - quantity
+    return None if doc is None else doc[key] - quantity
 
 
 def _get_new_fw_id(self, quantity=1):
-    return take(self.fw_id_assigner, "next_fw_id", quantity)
+    first = take(self.fw_id_assigner, "next_fw_id", quantity)
+    return _FIREWORKS["get_new_fw_id"](self, quantity) if first is None else first
 
 
 def _get_new_launch_id(self):
-    return take(self.fw_id_assigner, "next_launch_id")
+    first = take(self.fw_id_assigner, "next_launch_id")
+    return _FIREWORKS["get_new_launch_id"](self) if first is None else first
 
 
 def install() -> None:
     """Make FireWorks' ``LaunchPad`` take its ids from the post-image (idempotent)."""
     from fireworks.core.launchpad import LaunchPad
 
-    LaunchPad.get_new_fw_id = _get_new_fw_id
-    LaunchPad.get_new_launch_id = _get_new_launch_id
+    for name, ours in (("get_new_fw_id", _get_new_fw_id), ("get_new_launch_id", _get_new_launch_id)):
+        if getattr(LaunchPad, name) is not ours:
+            _FIREWORKS[name] = getattr(LaunchPad, name)
+            setattr(LaunchPad, name, ours)
