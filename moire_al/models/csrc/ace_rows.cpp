@@ -577,10 +577,9 @@ MULTIVERSION int committee_range(const Edges& g, const Plan& p, int kmax, int i0
   // t_block): 1.4x over the read-modify-write forms at L = 684, r = 33, bitwise equal
   const int rp = (r + 7) / 8 * 8;
   std::vector<double> M((size_t)n_A * rp), T(3 * (size_t)kmax * rp);
-  // the coupling pairs grouped by their a, in q order within a group (the order in which
-  // M[a] took its terms as one read-modify-write per pair), and C padded to rp columns:
-  // M[a] is then summed in registers (that load-store per pair and model was the kernel's
-  // largest part once T was blocked)
+  // m_block's inputs: the coupling pairs grouped by their a, in q order within a group (the
+  // order in which M[a] took its terms as one read-modify-write per pair, the kernel's
+  // largest part once T was blocked), and C padded to rp columns
   std::vector<int> aq(p.n_u), astart(n_A + 1, 0);
   for (int q = 0; q < p.n_u; ++q) ++astart[p.u_a[q] + 1];
   for (int a = 0; a < n_A; ++a) astart[a + 1] += astart[a];
