@@ -180,6 +180,29 @@ def test_compiled_compensated_sum_equals_numpy_and_the_fit_uses_it(monkeypatch):
         np.testing.assert_array_equal(x, y)
 
 
+def test_totals_mirror_the_upper_triangle_as_the_expression_did():
+    """NormalEquations.totals fills the zero lower triangle in place, tile by tile, with the
+    numbers of A + triu(A, 1).T (a size that is no multiple of the tile, both layouts), and
+    leaves a matrix whose lower triangle is not zero as it is."""
+    from moire_al.models import blr
+
+    rng = np.random.default_rng(11)
+    for n, order in ((7, "F"), (300, "F"), (300, "C")):
+        U = np.asarray(np.triu(rng.normal(size=(n, n))), order=order)
+        want = U + np.triu(U, 1).T
+        got = U.copy(order="K")
+        assert blr._mirror_upper(got, block=64)
+        np.testing.assert_array_equal(got, want)
+        assert np.array_equal(got, got.T)
+    full = rng.normal(size=(130, 130))
+    kept = full.copy()
+    assert not blr._mirror_upper(kept, block=64)
+    np.testing.assert_array_equal(kept, full)
+    neq = blr.NormalEquations(np.asfortranarray(np.triu(full)), np.zeros(130), 1.0, 1)
+    A = neq.totals()[0]
+    np.testing.assert_array_equal(A, np.triu(full) + np.triu(full, 1).T)
+
+
 def test_committee_scoring_compiled_equals_todays_path(monkeypatch):
     """σ_E, σ_F and the relative force uncertainty of the loop's scoring (committee_scores)
     from the committee kernel equal those of the compiled rows times the K+1 coefficient

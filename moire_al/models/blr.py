@@ -147,6 +147,29 @@ def _two_sum_kernel(upper: bool = False):
     return _TWO_SUM[0][int(bool(upper))]
 
 
+def _mirror_upper(A: np.ndarray, block: int = 256) -> bool:
+    """In place, if A's strictly lower triangle is all zero: set it to the mirror of the
+    upper one, the numbers of ``A + np.triu(A, 1).T`` (0.0 + x), without that expression's
+    three temporaries of A's size (each a first touch of 245 MB at L = 5.5k, up to 1.3 s on
+    this VM, where reused memory takes 0.06 s). False (A unchanged) if the lower triangle is
+    not zero. Column blocks of ``block``: the mirror reads rows, so tiles keep it in cache."""
+    n = A.shape[0]
+    for j in range(n - 1):
+        if A[j + 1:, j].any():
+            return False
+    for j0 in range(0, n, block):
+        j1 = min(n, j0 + block)
+        for i0 in range(j0, n, block):           # the tile rows [i0, i1) x columns [j0, j1)
+            i1 = min(n, i0 + block)
+            src = A[j0:j1, i0:i1].T              # the upper triangle's mirror of this tile
+            if i0 == j0:                         # diagonal tile: its strictly lower part only
+                low = np.tril_indices(i1 - i0, -1)
+                A[i0:i1, j0:j1][low] = src[low] + 0.0
+            else:
+                np.add(src, 0.0, out=A[i0:i1, j0:j1])
+    return True
+
+
 @dataclass(eq=False)
 class NormalEquations:
     """Partial normal equations of a set of rows: A = ΨᵀWΨ, b = ΨᵀWy, yᵀWy, the row count and
@@ -215,8 +238,7 @@ class NormalEquations:
         """(A, b, yᵀWy, Σ log w²) rounded to float64; A symmetric (the blocks of
         ACEModel.normal_equations fill its upper triangle only)."""
         A = self.A + self.A_lo
-        if not np.any(np.tril(A, -1)):
-            A = A + np.triu(A, 1).T
+        _mirror_upper(A)
         return A, self.b + self.b_lo, self.yWy + self.yWy_lo, self.log_w2 + self.log_w2_lo
 
     def to_bytes(self) -> bytes:
@@ -285,9 +307,16 @@ class BayesianLinearRegression:
         if n_obs < 1:
             raise ModelError("BLR: no observations")
         dinv = 1.0 / np.sqrt(g)
-        G = (A * dinv[:, None]) * dinv[None, :]
-        G = 0.5 * (G + G.T)
-        s, V = np.linalg.eigh(G)
+        # the products in place where the expression would make a fresh array (the same
+        # operations in the same order): each new P x P array is a first touch of memory,
+        # 245 MB at L = 5.5k, which took up to 1.3 s on this VM (docs/benchmarks.md)
+        G = np.multiply(A, dinv[:, None])
+        G *= dinv[None, :]
+        Gs = np.add(G, G.T)
+        del G
+        Gs *= 0.5
+        s, V = np.linalg.eigh(Gs)
+        del Gs
         # directions the data do not see (numerically zero curvature) carry no signal
         s = np.where(s > 1e-13 * max(s.max(initial=0.0), 1e-300), s, 0.0)
         u = V.T @ (dinv * b)
@@ -333,7 +362,9 @@ class BayesianLinearRegression:
                                           - np.sum(np.log(lam)) - N * np.log(2 * np.pi) + log_w2))
         self.noise_std_ = float(1.0 / np.sqrt(beta))      # noise std of a row with weight 1
         self.training_wrss_ = float(ed)
-        self._cov_factor = dinv[:, None] * (V / np.sqrt(lam)[None, :])     # L, L Lᵀ = Σ
+        V /= np.sqrt(lam)[None, :]                          # in place: V is not needed after
+        V *= dinv[:, None]
+        self._cov_factor = V                                # L, L Lᵀ = Σ
         self.committee_ = self.sample(self.committee_size, seed=self.seed)
         return self
 
