@@ -389,7 +389,6 @@ struct Site {
   }
 };
 
-
 // acc[m] += cf * x[4 m .. 4 m + 4) for m < N. Callers add every coupling pair, cf = 0
 // included: fma(0, x, acc) is acc for finite x (the outputs start at +0, never -0).
 template <int N>
