@@ -24,6 +24,7 @@ Usage: .venv/bin/python benchmarks/model.py [--quick] [--fit-atoms 10000] [--sha
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import multiprocessing as mp
@@ -181,13 +182,15 @@ def _fit_child(data, deg, path, q):
 
     m = ACEModel(order=3, totaldegree=deg, d3=False)
     m.fit_plan(data)
-    t = time.perf_counter()
-    if path == "new":
-        neq = m.normal_equations(data)
-    else:
-        with todays_path(m.basis_):
-            neq = m.normal_equations(data)
-    t_neq = time.perf_counter() - t
+
+    def timed_neq(atoms):
+        """(normal equations of ``atoms`` by ``path``, seconds)"""
+        t = time.perf_counter()
+        with contextlib.nullcontext() if path == "new" else todays_path(m.basis_):
+            neq = m.normal_equations(atoms)
+        return neq, time.perf_counter() - t
+
+    neq, t_neq = timed_neq(data)
     t_solve = 0.0
     if path == "new":                   # the solve is the same code on the same sums: once
         t = time.perf_counter()
@@ -203,13 +206,7 @@ def _fit_child(data, deg, path, q):
     # L = 5.5k, 1-2 s here) plus one block. Measured warm, so it if anything underestimates
     # the fixed part, and the per-atom slope taken from it is high, not low.
     first = data[:m.fit_blocks(data)[0][1]]
-    t = time.perf_counter()
-    if path == "new":
-        m.normal_equations(first)
-    else:
-        with todays_path(m.basis_):
-            m.normal_equations(first)
-    t_first = time.perf_counter() - t
+    t_first = timed_neq(first)[1]
     q.put((t_neq, t_solve, digest, hwm / 1024, t_first, sum(len(a) for a in first)))
 
 
