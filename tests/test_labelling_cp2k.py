@@ -164,11 +164,12 @@ def test_cp2k_d3_and_the_models_d3_bind_the_same_within_a_third_of_a_mev(tmp_pat
     from ase.units import Hartree
 
     from moire_al.analysis.binding import stacking_bilayer
-    from moire_al.labelling.cp2k import INPUT, OUTPUT, mpi_env
+    from moire_al.labelling.common import require_binary
+    from moire_al.labelling.cp2k import INPUT, INSTALL_HINT, OUTPUT, mpi_env
     from moire_al.models import d3
 
     lab = get_labeller("cp2k", {"kpts": [1, 1, 1], "cutoff": 100, "rel_cutoff": 30, "max_scf": 1})
-    exe = shutil.which("cp2k.psmp") or shutil.which("cp2k")
+    exe = require_binary(["cp2k.psmp", "cp2k.ssmp", "cp2k"], "CP2K", INSTALL_HINT)   # as the labeller finds it
     below = {}
     for d in (3.32, 6.0):
         at = stacking_bilayer("graphene", "AB", d)
@@ -181,4 +182,3 @@ def test_cp2k_d3_and_the_models_d3_bind_the_same_within_a_third_of_a_mev(tmp_pat
         below[d] = (float(found[-1]) * Hartree - d3.kernel_results(at)[0]) / len(at)
     assert all(-6e-4 < x < -1e-4 for x in below.values()), below
     assert abs(below[3.32] - below[6.0]) < 3e-4, below
-
